@@ -1,0 +1,318 @@
+// CPU kernels of the FRoD rotation op (semantics in frod/rotate.h).
+//
+// Compiled once per ISA with FROD_ISA_NS naming the namespace (see rotate_kernels.h).
+// Each tile of up to 32 rows of one segment is loaded transposed into a thread-local
+// n x W buffer (W = rows rounded up to a power of two), so every sparse entry becomes a
+// W-wide vector operation on contiguous memory:
+//   forward   Ht[r, :]  = dl[r] * Zt[r, :] + sum_{e in row r} s[e] * Zt[cols[e], :]
+//   backward  dZt[c, :] += s[e] * dHt[r, :],  d_s[e] += <dHt[r, :], Zt[c, :]>,
+//             d_dl[r] += <dHt[r, :], Zt[r, :]>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "rotate_kernels.h"
+#include "scalar_types.h"
+
+#ifndef FROD_ISA_NS
+#error "FROD_ISA_NS must name the ISA namespace"
+#endif
+
+namespace frod::cpu::FROD_ISA_NS {
+namespace {
+
+/// Pointers and sizes of one call, typed.
+template <typename In> struct Args {
+  using Acc = typename Scalar<In>::acc;
+  int64_t n, k;
+  const In* z; int64_t ldz;
+  const In* dh; int64_t lddh;
+  const In* dl;
+  const In* s;
+  In* out; int64_t ldout;  // h (forward) or dz (backward)
+  Acc* d_dl;
+  Acc* d_s;
+};
+
+/// Grow-only per-thread scratch, reused across calls.
+template <typename Acc> Acc* scratch(size_t slot, size_t count) {
+  thread_local std::vector<Acc> bufs[4];
+  std::vector<Acc>& b = bufs[slot];
+  if (b.size() < count) b.resize(count);
+  return b.data();
+}
+
+/// buf (n x W) = transpose of rows [t0, t0 + rows) of x (row stride ld); lanes >= rows are 0.
+template <int W, typename In, typename Acc>
+inline void load_transposed(const In* x, int64_t ld, int64_t t0, int rows, int64_t n, Acc* buf) {
+  if (rows < W) std::fill(buf, buf + n * W, Acc(0));
+  constexpr int64_t kBlock = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    for (int b = 0; b < rows; ++b) {
+      const In* xr = x + (t0 + b) * ld;
+      for (int64_t i = i0; i < i1; ++i) buf[i * W + b] = to_float(xr[i]);
+    }
+  }
+}
+
+template <int W, typename In>
+void forward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
+                  typename Args<In>::Acc* zt) {
+  using Acc = typename Args<In>::Acc;
+  const int64_t n = a.n;
+  load_transposed<W>(a.z, a.ldz, t.t0, t.rows, n, zt);
+  const In* dl = a.dl + t.adapter * n;
+  const In* s = a.s + t.adapter * a.k;
+  In* out = a.out + t.t0 * a.ldout;
+  for (int64_t r = 0; r < n; ++r) {
+    Acc acc[W];
+    const Acc d = to_float(dl[r]);
+    const Acc* zr = zt + r * W;
+#pragma omp simd
+    for (int b = 0; b < W; ++b) acc[b] = d * zr[b];
+    const int32_t e0 = csr.row_ptr[r], e1 = csr.row_ptr[r + 1];
+    if (csr.order == nullptr) {
+      for (int32_t e = e0; e < e1; ++e) {
+        const Acc v = to_float(s[e]);
+        const Acc* zc = zt + static_cast<int64_t>(csr.cols[e]) * W;
+#pragma omp simd
+        for (int b = 0; b < W; ++b) acc[b] += v * zc[b];
+      }
+    } else {
+      for (int32_t e = e0; e < e1; ++e) {
+        const Acc v = to_float(s[csr.order[e]]);
+        const Acc* zc = zt + static_cast<int64_t>(csr.cols[e]) * W;
+#pragma omp simd
+        for (int b = 0; b < W; ++b) acc[b] += v * zc[b];
+      }
+    }
+    for (int b = 0; b < t.rows; ++b) out[b * a.ldout + r] = Scalar<In>::store(acc[b]);
+  }
+}
+
+/// One tile of the backward: writes dZ rows (if a.out) and adds into acc_dl / acc_s (if set).
+template <int W, typename In>
+void backward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
+                   typename Args<In>::Acc* zt, typename Args<In>::Acc* ht,
+                   typename Args<In>::Acc* dzt, typename Args<In>::Acc* acc_dl,
+                   typename Args<In>::Acc* acc_s) {
+  using Acc = typename Args<In>::Acc;
+  const int64_t n = a.n;
+  const bool want_z = acc_dl != nullptr || acc_s != nullptr;
+  if (want_z) load_transposed<W>(a.z, a.ldz, t.t0, t.rows, n, zt);
+  load_transposed<W>(a.dh, a.lddh, t.t0, t.rows, n, ht);
+  const In* dl = a.dl + t.adapter * n;
+  const In* s = a.s + t.adapter * a.k;
+  if (a.out) {
+    for (int64_t i = 0; i < n; ++i) {
+      const Acc d = to_float(dl[i]);
+#pragma omp simd
+      for (int b = 0; b < W; ++b) dzt[i * W + b] = d * ht[i * W + b];
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    const Acc* hr = ht + r * W;
+    if (acc_dl) {
+      const Acc* zr = zt + r * W;
+      Acc dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int b = 0; b < W; ++b) dot += hr[b] * zr[b];
+      acc_dl[r] += dot;
+    }
+    const int32_t e0 = csr.row_ptr[r], e1 = csr.row_ptr[r + 1];
+    for (int32_t e = e0; e < e1; ++e) {
+      const int32_t j = csr.order ? csr.order[e] : e;
+      const int64_t c = csr.cols[e];
+      if (acc_s) {
+        const Acc* zc = zt + c * W;
+        Acc dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int b = 0; b < W; ++b) dot += hr[b] * zc[b];
+        acc_s[j] += dot;
+      }
+      if (a.out) {
+        const Acc v = to_float(s[j]);
+        Acc* dc = dzt + c * W;
+#pragma omp simd
+        for (int b = 0; b < W; ++b) dc[b] += v * hr[b];
+      }
+    }
+  }
+  if (a.out) {
+    In* out = a.out + t.t0 * a.ldout;
+    for (int b = 0; b < t.rows; ++b) {
+      In* o = out + b * a.ldout;
+      for (int64_t i = 0; i < n; ++i) o[i] = Scalar<In>::store(dzt[i * W + b]);
+    }
+  }
+}
+
+#define FROD_DISPATCH_WIDTH(width, CALL)          \
+  switch (width) {                                \
+    case 1: { constexpr int W = 1; CALL; break; } \
+    case 2: { constexpr int W = 2; CALL; break; } \
+    case 4: { constexpr int W = 4; CALL; break; } \
+    case 8: { constexpr int W = 8; CALL; break; } \
+    case 16: { constexpr int W = 16; CALL; break; } \
+    default: { constexpr int W = 32; CALL; break; } \
+  }
+
+template <typename In>
+void zero_rows(In* x, int64_t ld, int64_t n, const std::vector<int64_t>& ranges) {
+  for (size_t i = 0; i < ranges.size(); i += 2)
+    for (int64_t t = ranges[i]; t < ranges[i + 1]; ++t) std::memset(x + t * ld, 0, n * sizeof(In));
+}
+
+template <typename In>
+void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>& a) {
+  using Acc = typename Args<In>::Acc;
+  zero_rows(a.out, a.ldout, a.n, plan.base_rows);
+  const int64_t ntiles = static_cast<int64_t>(plan.tiles.size());
+  const double work = static_cast<double>(plan.adapted_rows) * static_cast<double>(a.n + a.k);
+  const int nt = effective_threads(p.num_threads, ntiles, work);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (int64_t i = 0; i < ntiles; ++i) {
+    const Tile& t = plan.tiles[i];
+    Acc* zt = scratch<Acc>(0, static_cast<size_t>(a.n) * kMaxTileRows);
+    const CsrView csr = plan.pattern_of(t.adapter);
+    FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt)));
+  }
+}
+
+template <typename In>
+void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>& a) {
+  using Acc = typename Args<In>::Acc;
+  const int64_t n = a.n, k = a.k;
+  if (a.out) zero_rows(a.out, a.ldout, n, plan.base_rows);
+  const int64_t ntiles = static_cast<int64_t>(plan.tiles.size());
+  if (ntiles == 0) return;
+  const bool want_grads = a.d_dl != nullptr || a.d_s != nullptr;
+  // Tiles ordered by adapter (stable): each adapter's tiles form one contiguous run.
+  std::vector<int32_t> order(static_cast<size_t>(ntiles));
+  for (int64_t i = 0; i < ntiles; ++i) order[i] = static_cast<int32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+    return plan.tiles[x].adapter < plan.tiles[y].adapter;
+  });
+  const double work = static_cast<double>(plan.adapted_rows) * static_cast<double>(n + k);
+  const int nt = effective_threads(p.num_threads, ntiles, work);
+  // Contiguous chunks of the ordered tiles, balanced by padded rows.
+  std::vector<int64_t> bounds(static_cast<size_t>(nt) + 1, ntiles);
+  {
+    int64_t total = 0;
+    for (const Tile& t : plan.tiles) total += t.width;
+    int64_t acc = 0, chunk = 0;
+    bounds[0] = 0;
+    for (int64_t i = 0; i < ntiles && chunk + 1 < nt; ++i) {
+      acc += plan.tiles[order[i]].width;
+      if (acc * nt >= total * (chunk + 1)) bounds[++chunk] = i + 1;
+    }
+    for (int64_t c = chunk + 1; c <= nt; ++c) bounds[c] = ntiles;
+  }
+  // Partial sums of adapters cut by a chunk boundary: slot (chunk, 0 = first / 1 = last).
+  const int64_t width = n + k;
+  std::vector<Acc> slots;
+  std::vector<int32_t> slot_adapter(static_cast<size_t>(nt) * 2, -1);
+  if (want_grads && nt > 1) slots.assign(static_cast<size_t>(nt) * 2 * width, Acc(0));
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int c = nt > 1 ? omp_get_thread_num() : 0;
+    const int64_t lo = bounds[c], hi = bounds[c + 1];
+    const size_t tile_elems = static_cast<size_t>(n) * kMaxTileRows;
+    Acc* zt = scratch<Acc>(0, tile_elems);
+    Acc* ht = scratch<Acc>(1, tile_elems);
+    Acc* dzt = scratch<Acc>(2, tile_elems);
+    Acc* local = want_grads ? scratch<Acc>(3, static_cast<size_t>(width)) : nullptr;
+    int32_t cur = -1;
+    auto flush = [&](int64_t first, int64_t last) {  // tiles [first, last) hold adapter cur
+      if (!want_grads || cur < 0) return;
+      const bool cut_before = first == lo && lo > 0 && plan.tiles[order[lo - 1]].adapter == cur;
+      const bool cut_after = last == hi && hi < ntiles && plan.tiles[order[hi]].adapter == cur;
+      if (!cut_before && !cut_after) {
+        if (a.d_dl) std::memcpy(a.d_dl + cur * n, local, n * sizeof(Acc));
+        if (a.d_s) std::memcpy(a.d_s + cur * k, local + n, k * sizeof(Acc));
+      } else {
+        const int which = cut_before ? 0 : 1;
+        std::memcpy(slots.data() + (static_cast<int64_t>(c) * 2 + which) * width, local,
+                    width * sizeof(Acc));
+        slot_adapter[c * 2 + which] = cur;
+      }
+    };
+    int64_t run_start = lo;
+    for (int64_t i = lo; i < hi; ++i) {
+      const Tile& t = plan.tiles[order[i]];
+      if (t.adapter != cur) {
+        flush(run_start, i);
+        cur = t.adapter;
+        run_start = i;
+        if (want_grads) std::fill(local, local + width, Acc(0));
+      }
+      const CsrView csr = plan.pattern_of(t.adapter);
+      Acc* acc_dl = a.d_dl ? local : nullptr;
+      Acc* acc_s = a.d_s ? local + n : nullptr;
+      FROD_DISPATCH_WIDTH(t.width,
+                          (backward_tile<W, In>(a, t, csr, zt, ht, dzt, acc_dl, acc_s)));
+    }
+    flush(run_start, hi);
+  }
+  if (!want_grads || nt <= 1) return;
+  // Adapters cut by chunk boundaries: sum their slots in chunk order (deterministic).
+  std::vector<int32_t> cut;
+  for (int32_t x : slot_adapter)
+    if (x >= 0 && std::find(cut.begin(), cut.end(), x) == cut.end()) cut.push_back(x);
+  for (int32_t adapter : cut) {
+    const int64_t nblocks = (width + 4095) / 4096;
+#pragma omp parallel for num_threads(nt) if (width > 65536)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t j0 = blk * 4096, j1 = std::min(width, j0 + 4096);
+      for (int64_t j = j0; j < j1; ++j) {
+        Acc sum = 0;
+        for (int s2 = 0; s2 < nt * 2; ++s2)
+          if (slot_adapter[s2] == adapter) sum += slots[s2 * width + j];
+        if (j < n) {
+          if (a.d_dl) a.d_dl[adapter * n + j] = sum;
+        } else if (a.d_s) {
+          a.d_s[adapter * k + (j - n)] = sum;
+        }
+      }
+    }
+  }
+}
+
+template <typename In>
+Args<In> make_args(const RotateProblem& p, const void* z, int64_t ldz, const void* dh,
+                   int64_t lddh, const void* dl, const void* s, void* out, int64_t ldout,
+                   void* d_dl, void* d_s) {
+  using Acc = typename Scalar<In>::acc;
+  return Args<In>{p.n, p.pat.k, static_cast<const In*>(z), ldz, static_cast<const In*>(dh),
+                  lddh, static_cast<const In*>(dl), static_cast<const In*>(s),
+                  static_cast<In*>(out), ldout, static_cast<Acc*>(d_dl),
+                  static_cast<Acc*>(d_s)};
+}
+
+#define FROD_DISPATCH_DTYPE(dtype, CALL)                          \
+  switch (dtype) {                                                \
+    case DType::f32: { using In = float; CALL; break; }           \
+    case DType::f64: { using In = double; CALL; break; }          \
+    case DType::bf16: { using In = bf16_t; CALL; break; }         \
+    case DType::f16: { using In = f16_t; CALL; break; }           \
+    default: throw TypeError(concat("rotate: unsupported dtype ", dtype_name(dtype))); \
+  }
+
+}  // namespace
+
+void forward(const RotateProblem& p, const RotatePlan& plan, const void* z, int64_t ldz,
+             const void* dl, const void* s, void* h, int64_t ldh) {
+  FROD_DISPATCH_DTYPE(p.dtype, (forward_impl<In>(p, plan, make_args<In>(p, z, ldz, nullptr, 0, dl, s, h, ldh, nullptr, nullptr))));
+}
+
+void backward(const RotateProblem& p, const RotatePlan& plan, const void* z, int64_t ldz,
+              const void* dh, int64_t lddh, const void* dl, const void* s, void* dz,
+              int64_t lddz, void* d_dl, void* d_s) {
+  FROD_DISPATCH_DTYPE(p.dtype, (backward_impl<In>(p, plan, make_args<In>(p, z, ldz, dh, lddh, dl, s, dz, lddz, d_dl, d_s))));
+}
+
+}  // namespace frod::cpu::FROD_ISA_NS

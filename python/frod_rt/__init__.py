@@ -1,0 +1,12 @@
+"""frod_rt: train and serve many FRoD adapters on one shared base model.
+
+Public surface (more arrives with the method, engine and server modules):
+    frod_rt.ops.rotate_segments   per-segment rotation (torch.library custom op)
+    frod_rt.ops.frod_linear       multi-adapter FRoD linear layer
+"""
+from . import ops
+from ._core import cuda_kernels_built
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "cuda_kernels_built", "__version__"]
