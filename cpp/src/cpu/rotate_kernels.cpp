@@ -44,6 +44,22 @@ template <typename Acc> Acc* scratch(size_t slot, size_t count) {
   return b.data();
 }
 
+/// W lanes of Acc as NV vectors of L lanes (GCC vector extensions; lowered to AVX2 ymm
+/// registers in the avx2 build, to SSE pairs in the generic one). Writing the lane loops
+/// explicitly keeps the compiler from vectorising across sparse entries with gathers.
+template <typename Acc, int W> struct Lanes {
+  static constexpr int L = (W * static_cast<int>(sizeof(Acc)) >= 32) ? 32 / static_cast<int>(sizeof(Acc)) : W;
+  static constexpr int NV = W / L;
+  typedef Acc V __attribute__((vector_size(L * sizeof(Acc)), aligned(sizeof(Acc)), may_alias));
+  static const V* at(const Acc* p) { return reinterpret_cast<const V*>(p); }
+  static V* at(Acc* p) { return reinterpret_cast<V*>(p); }
+  static Acc hsum(V v) {
+    Acc s = 0;
+    for (int i = 0; i < L; ++i) s += v[i];
+    return s;
+  }
+};
+
 /// buf (n x W) = transpose of rows [t0, t0 + rows) of x (row stride ld); lanes >= rows are 0.
 template <int W, typename In, typename Acc>
 inline void load_transposed(const In* x, int64_t ld, int64_t t0, int rows, int64_t n, Acc* buf) {
@@ -58,39 +74,51 @@ inline void load_transposed(const In* x, int64_t ld, int64_t t0, int rows, int64
   }
 }
 
+/// Writes rows [t0, t0 + rows) of out (row stride ld) from the transposed buffer buf (n x W).
+template <int W, typename In, typename Acc>
+inline void store_transposed(const Acc* buf, int rows, int64_t n, In* out, int64_t ld) {
+  for (int b = 0; b < rows; ++b) {
+    In* o = out + b * ld;
+    for (int64_t i = 0; i < n; ++i) o[i] = Scalar<In>::store(buf[i * W + b]);
+  }
+}
+
+/// One tile of the forward. The accumulator of each output row r is W lanes held in
+/// registers (fixed trip counts), written once to the transposed buffer ht.
+template <int W, typename In, bool kIdentity>
+void forward_rows(const Args<In>& a, const Tile& t, const CsrView& csr,
+                  const typename Args<In>::Acc* zt, typename Args<In>::Acc* ht) {
+  using Acc = typename Args<In>::Acc;
+  const In* dl = a.dl + t.adapter * a.n;
+  const In* s = a.s + t.adapter * a.k;
+  const int32_t* rp = csr.row_ptr;
+  const int32_t* cols = csr.cols;
+  using Ln = Lanes<Acc, W>;
+  using V = typename Ln::V;
+  for (int64_t r = 0; r < a.n; ++r) {
+    V acc[Ln::NV];
+    const Acc d = to_float(dl[r]);
+    const V* zr = Ln::at(zt + r * W);
+    for (int i = 0; i < Ln::NV; ++i) acc[i] = d * zr[i];
+    for (int32_t e = rp[r], e1 = rp[r + 1]; e < e1; ++e) {
+      const Acc v = to_float(s[kIdentity ? e : csr.order[e]]);
+      const V* zc = Ln::at(zt + static_cast<int64_t>(cols[e]) * W);
+      for (int i = 0; i < Ln::NV; ++i) acc[i] += v * zc[i];
+    }
+    V* hr = Ln::at(ht + r * W);
+    for (int i = 0; i < Ln::NV; ++i) hr[i] = acc[i];
+  }
+}
+
 template <int W, typename In>
 void forward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
-                  typename Args<In>::Acc* zt) {
-  using Acc = typename Args<In>::Acc;
-  const int64_t n = a.n;
-  load_transposed<W>(a.z, a.ldz, t.t0, t.rows, n, zt);
-  const In* dl = a.dl + t.adapter * n;
-  const In* s = a.s + t.adapter * a.k;
-  In* out = a.out + t.t0 * a.ldout;
-  for (int64_t r = 0; r < n; ++r) {
-    Acc acc[W];
-    const Acc d = to_float(dl[r]);
-    const Acc* zr = zt + r * W;
-#pragma omp simd
-    for (int b = 0; b < W; ++b) acc[b] = d * zr[b];
-    const int32_t e0 = csr.row_ptr[r], e1 = csr.row_ptr[r + 1];
-    if (csr.order == nullptr) {
-      for (int32_t e = e0; e < e1; ++e) {
-        const Acc v = to_float(s[e]);
-        const Acc* zc = zt + static_cast<int64_t>(csr.cols[e]) * W;
-#pragma omp simd
-        for (int b = 0; b < W; ++b) acc[b] += v * zc[b];
-      }
-    } else {
-      for (int32_t e = e0; e < e1; ++e) {
-        const Acc v = to_float(s[csr.order[e]]);
-        const Acc* zc = zt + static_cast<int64_t>(csr.cols[e]) * W;
-#pragma omp simd
-        for (int b = 0; b < W; ++b) acc[b] += v * zc[b];
-      }
-    }
-    for (int b = 0; b < t.rows; ++b) out[b * a.ldout + r] = Scalar<In>::store(acc[b]);
-  }
+                  typename Args<In>::Acc* zt, typename Args<In>::Acc* ht) {
+  load_transposed<W>(a.z, a.ldz, t.t0, t.rows, a.n, zt);
+  if (csr.order == nullptr)
+    forward_rows<W, In, true>(a, t, csr, zt, ht);
+  else
+    forward_rows<W, In, false>(a, t, csr, zt, ht);
+  store_transposed<W>(ht, t.rows, a.n, a.out + t.t0 * a.ldout, a.ldout);
 }
 
 /// One tile of the backward: writes dZ rows (if a.out) and adds into acc_dl / acc_s (if set).
@@ -106,48 +134,43 @@ void backward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
   load_transposed<W>(a.dh, a.lddh, t.t0, t.rows, n, ht);
   const In* dl = a.dl + t.adapter * n;
   const In* s = a.s + t.adapter * a.k;
+  using Ln = Lanes<Acc, W>;
+  using V = typename Ln::V;
+  constexpr int NV = Ln::NV;
   if (a.out) {
     for (int64_t i = 0; i < n; ++i) {
       const Acc d = to_float(dl[i]);
-#pragma omp simd
-      for (int b = 0; b < W; ++b) dzt[i * W + b] = d * ht[i * W + b];
+      const V* hi = Ln::at(ht + i * W);
+      V* di = Ln::at(dzt + i * W);
+      for (int q = 0; q < NV; ++q) di[q] = d * hi[q];
     }
   }
   for (int64_t r = 0; r < n; ++r) {
-    const Acc* hr = ht + r * W;
+    const V* hr = Ln::at(ht + r * W);
     if (acc_dl) {
-      const Acc* zr = zt + r * W;
-      Acc dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int b = 0; b < W; ++b) dot += hr[b] * zr[b];
-      acc_dl[r] += dot;
+      const V* zr = Ln::at(zt + r * W);
+      V dot = hr[0] * zr[0];
+      for (int q = 1; q < NV; ++q) dot += hr[q] * zr[q];
+      acc_dl[r] += Ln::hsum(dot);
     }
     const int32_t e0 = csr.row_ptr[r], e1 = csr.row_ptr[r + 1];
     for (int32_t e = e0; e < e1; ++e) {
       const int32_t j = csr.order ? csr.order[e] : e;
       const int64_t c = csr.cols[e];
       if (acc_s) {
-        const Acc* zc = zt + c * W;
-        Acc dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int b = 0; b < W; ++b) dot += hr[b] * zc[b];
-        acc_s[j] += dot;
+        const V* zc = Ln::at(zt + c * W);
+        V dot = hr[0] * zc[0];
+        for (int q = 1; q < NV; ++q) dot += hr[q] * zc[q];
+        acc_s[j] += Ln::hsum(dot);
       }
       if (a.out) {
         const Acc v = to_float(s[j]);
-        Acc* dc = dzt + c * W;
-#pragma omp simd
-        for (int b = 0; b < W; ++b) dc[b] += v * hr[b];
+        V* dc = Ln::at(dzt + c * W);
+        for (int q = 0; q < NV; ++q) dc[q] += v * hr[q];
       }
     }
   }
-  if (a.out) {
-    In* out = a.out + t.t0 * a.ldout;
-    for (int b = 0; b < t.rows; ++b) {
-      In* o = out + b * a.ldout;
-      for (int64_t i = 0; i < n; ++i) o[i] = Scalar<In>::store(dzt[i * W + b]);
-    }
-  }
+  if (a.out) store_transposed<W>(dzt, t.rows, n, a.out + t.t0 * a.ldout, a.ldout);
 }
 
 #define FROD_DISPATCH_WIDTH(width, CALL)          \
@@ -177,8 +200,9 @@ void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>
   for (int64_t i = 0; i < ntiles; ++i) {
     const Tile& t = plan.tiles[i];
     Acc* zt = scratch<Acc>(0, static_cast<size_t>(a.n) * kMaxTileRows);
+    Acc* ht = scratch<Acc>(1, static_cast<size_t>(a.n) * kMaxTileRows);
     const CsrView csr = plan.pattern_of(t.adapter);
-    FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt)));
+    FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt, ht)));
   }
 }
 
