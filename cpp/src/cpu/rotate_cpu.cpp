@@ -23,9 +23,9 @@ bool cpu_has_avx2_fma() {
 }
 
 /// One plan per calling thread, reused so steady-state calls do not allocate.
-cpu::RotatePlan& thread_plan(const RotateProblem& p) {
+cpu::RotatePlan& thread_plan(const RotateProblem& p, bool allow_mixed) {
   thread_local cpu::RotatePlan plan;
-  plan.build(p);
+  plan.build(p, allow_mixed);
   return plan;
 }
 
@@ -46,7 +46,7 @@ void check_problem_pointers(const RotateProblem& p) {
 void validate_rotate_problem(const RotateProblem& p) {
   check_problem_pointers(p);
   cpu::RotatePlan plan;
-  plan.build(p);
+  plan.build(p, false);
 }
 
 void rotate_forward_cpu(const RotateProblem& p, const void* z, int64_t ldz, const void* dl,
@@ -54,7 +54,7 @@ void rotate_forward_cpu(const RotateProblem& p, const void* z, int64_t ldz, cons
   check_data_type(p.dtype);
   check_problem_pointers(p);
   FROD_CHECK_ARG(ldz >= p.n && ldh >= p.n, "row strides must be >= n");
-  const cpu::RotatePlan& plan = thread_plan(p);
+  const cpu::RotatePlan& plan = thread_plan(p, /*allow_mixed=*/true);
   if (cpu_has_avx2_fma())
     cpu::avx2::forward(p, plan, z, ldz, dl, s, h, ldh);
   else
@@ -68,7 +68,8 @@ void rotate_backward_cpu(const RotateProblem& p, const void* z, int64_t ldz, con
   check_problem_pointers(p);
   FROD_CHECK_ARG(ldz >= p.n && lddh >= p.n && (dz == nullptr || lddz >= p.n),
                  "row strides must be >= n");
-  const cpu::RotatePlan& plan = thread_plan(p);
+  // The backward reduces d_dl / d_s per adapter over uniform tiles only.
+  const cpu::RotatePlan& plan = thread_plan(p, /*allow_mixed=*/false);
   if (cpu_has_avx2_fma())
     cpu::avx2::backward(p, plan, z, ldz, dh, lddh, dl, s, dz, lddz, d_dl, d_s);
   else

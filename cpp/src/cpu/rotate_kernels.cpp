@@ -11,7 +11,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define FROD_X86_TRANSPOSE 1
+#endif
 
 #include "rotate_kernels.h"
 #include "scalar_types.h"
@@ -60,27 +66,118 @@ template <typename Acc, int W> struct Lanes {
   }
 };
 
-/// buf (n x W) = transpose of rows [t0, t0 + rows) of x (row stride ld); lanes >= rows are 0.
-template <int W, typename In, typename Acc>
-inline void load_transposed(const In* x, int64_t ld, int64_t t0, int rows, int64_t n, Acc* buf) {
-  if (rows < W) std::fill(buf, buf + n * W, Acc(0));
-  constexpr int64_t kBlock = 64;
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    const int64_t i1 = std::min(n, i0 + kBlock);
-    for (int b = 0; b < rows; ++b) {
-      const In* xr = x + (t0 + b) * ld;
-      for (int64_t i = i0; i < i1; ++i) buf[i * W + b] = to_float(xr[i]);
-    }
+#ifdef FROD_X86_TRANSPOSE
+/// 8 consecutive values of a table row as floats.
+template <typename In> inline __m256 load8(const In* p) {
+  if constexpr (std::is_same_v<In, float>) {
+    return _mm256_loadu_ps(p);
+  } else if constexpr (std::is_same_v<In, bf16_t>) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
 }
 
-/// Writes rows [t0, t0 + rows) of out (row stride ld) from the transposed buffer buf (n x W).
+/// dst[q * ld + b] = src[b][e + q] for b, q < 8: an 8 x 8 transpose in registers.
+template <typename In>
+inline void transpose8(const In* const* src, int64_t e, float* dst, int64_t ld) {
+  const __m256 r0 = load8(src[0] + e), r1 = load8(src[1] + e), r2 = load8(src[2] + e),
+               r3 = load8(src[3] + e), r4 = load8(src[4] + e), r5 = load8(src[5] + e),
+               r6 = load8(src[6] + e), r7 = load8(src[7] + e);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ld, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+/// st[(e - e_lo) * W + b] = src[b][order ? order[e] : e] for e in [e_lo, e_hi), b < nsrc:
+/// rows of W tables (or W matrix rows) transposed into W-wide lane vectors. Lanes >= nsrc
+/// are not written.
 template <int W, typename In, typename Acc>
-inline void store_transposed(const Acc* buf, int rows, int64_t n, In* out, int64_t ld) {
-  for (int b = 0; b < rows; ++b) {
-    In* o = out + b * ld;
+inline void gather_lanes(const In* const* src, int nsrc, int64_t e_lo, int64_t e_hi,
+                         const int32_t* order, Acc* st) {
+  int b_done = 0;
+#ifdef FROD_X86_TRANSPOSE
+  if constexpr (W >= 8 && std::is_same_v<Acc, float>) {
+    if (order == nullptr) {
+      const int b_full = nsrc / 8 * 8;
+      int64_t e = e_lo;
+      for (; e + 8 <= e_hi; e += 8)
+        for (int b0 = 0; b0 < b_full; b0 += 8) transpose8(src + b0, e, st + (e - e_lo) * W + b0, W);
+      for (int b = 0; b < b_full; ++b)
+        for (int64_t f = e; f < e_hi; ++f) st[(f - e_lo) * W + b] = to_float(src[b][f]);
+      b_done = b_full;
+    }
+  }
+#endif
+  for (int b = b_done; b < nsrc; ++b) {
+    const In* sb = src[b];
+    if (order == nullptr)
+      for (int64_t f = e_lo; f < e_hi; ++f) st[(f - e_lo) * W + b] = to_float(sb[f]);
+    else
+      for (int64_t f = e_lo; f < e_hi; ++f) st[(f - e_lo) * W + b] = to_float(sb[order[f]]);
+  }
+}
+
+/// dst[b][i] = buf[i * W + b] for i < n, b < rows: lane vectors back to matrix rows.
+template <int W, typename In, typename Acc>
+inline void scatter_lanes(const Acc* buf, int rows, In* const* dst, int64_t n) {
+  int b_done = 0;
+#ifdef FROD_X86_TRANSPOSE
+  if constexpr (W >= 8 && std::is_same_v<In, float> && std::is_same_v<Acc, float>) {
+    const int b_full = rows / 8 * 8;
+    const float* lanes[8];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      for (int b0 = 0; b0 < b_full; b0 += 8) {
+        // transpose8 reads lanes[q] + b0 .. (8 consecutive lanes of row i + q of buf)
+        for (int q = 0; q < 8; ++q) lanes[q] = buf + (i + q) * W + b0;
+        float tmp[64];
+        transpose8(lanes, 0, tmp, 8);
+        for (int b = 0; b < 8; ++b) std::memcpy(dst[b0 + b] + i, tmp + b * 8, 8 * sizeof(float));
+      }
+    }
+    for (int b = 0; b < b_full; ++b)
+      for (int64_t j = i; j < n; ++j) dst[b][j] = buf[j * W + b];
+    b_done = b_full;
+  }
+#endif
+  for (int b = b_done; b < rows; ++b) {
+    In* o = dst[b];
     for (int64_t i = 0; i < n; ++i) o[i] = Scalar<In>::store(buf[i * W + b]);
   }
+}
+
+/// buf (n x W) = transpose of the given matrix rows (row b at rows[b]); lanes >= nrows are 0.
+template <int W, typename In, typename Acc>
+inline void load_rows(const In* const* rows, int nrows, int64_t n, Acc* buf) {
+  if (nrows < W) std::fill(buf, buf + n * W, Acc(0));
+  constexpr int64_t kBlock = 256;  // keeps the written part of buf in L1
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const In* shifted[W];
+    for (int b = 0; b < nrows; ++b) shifted[b] = rows[b] + i0;
+    gather_lanes<W>(shifted, nrows, 0, std::min(kBlock, n - i0), nullptr, buf + i0 * W);
+  }
+}
+
+/// Row pointers x + (t0 + b) * ld for b < rows.
+template <int W, typename T>
+inline void row_pointers(T* x, int64_t ld, int64_t t0, int rows, T** out) {
+  for (int b = 0; b < rows; ++b) out[b] = x + (t0 + b) * ld;
 }
 
 /// One tile of the forward. The accumulator of each output row r is W lanes held in
@@ -113,12 +210,67 @@ void forward_rows(const Args<In>& a, const Tile& t, const CsrView& csr,
 template <int W, typename In>
 void forward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
                   typename Args<In>::Acc* zt, typename Args<In>::Acc* ht) {
-  load_transposed<W>(a.z, a.ldz, t.t0, t.rows, a.n, zt);
+  const In* zrows[W];
+  row_pointers<W>(a.z, a.ldz, t.t0, t.rows, zrows);
+  load_rows<W>(zrows, t.rows, a.n, zt);
   if (csr.order == nullptr)
     forward_rows<W, In, true>(a, t, csr, zt, ht);
   else
     forward_rows<W, In, false>(a, t, csr, zt, ht);
-  store_transposed<W>(ht, t.rows, a.n, a.out + t.t0 * a.ldout, a.ldout);
+  In* orows[W];
+  row_pointers<W>(a.out, a.ldout, t.t0, t.rows, orows);
+  scatter_lanes<W>(ht, t.rows, orows, a.n);
+}
+
+/// A mixed tile: lane b is row lane_row[b] with adapter lane_adapter[b] (shared pattern).
+/// Per-lane values dl[a_b, r] and s[a_b, e] are transposed into W-wide vectors block by
+/// block (64 output rows at a time, so the s buffer stays in L2).
+template <int W, typename In>
+void forward_mixed_tile(const Args<In>& a, const RotatePlan& plan, const Tile& t,
+                        const CsrView& csr, typename Args<In>::Acc* zt,
+                        typename Args<In>::Acc* ht) {
+  using Acc = typename Args<In>::Acc;
+  using Ln = Lanes<Acc, W>;
+  using V = typename Ln::V;
+  const int64_t n = a.n;
+  const int64_t* lrow = plan.lane_row.data() + t.lane0;
+  const int32_t* lad = plan.lane_adapter.data() + t.lane0;
+  const In* rows_in[W];
+  for (int b = 0; b < t.rows; ++b) rows_in[b] = a.z + lrow[b] * a.ldz;
+  load_rows<W>(rows_in, t.rows, n, zt);
+  const In* srow[W];
+  const In* dlrow[W];
+  for (int b = 0; b < W; ++b) {  // padding lanes reuse lane 0's tables (their z is 0)
+    const int64_t ad = lad[b < t.rows ? b : 0];
+    srow[b] = a.s + ad * a.k;
+    dlrow[b] = a.dl + ad * n;
+  }
+  // ht doubles as the per-lane dl table: dlt[r] is read just before ht[r] is written.
+  Acc* dlt = ht;
+  load_rows<W>(dlrow, W, n, dlt);
+  constexpr int64_t kRowBlock = 64;
+  for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+    const int64_t r1 = std::min(n, r0 + kRowBlock);
+    const int32_t e_lo = csr.row_ptr[r0], e_hi = csr.row_ptr[r1];
+    Acc* st = scratch<Acc>(2, static_cast<size_t>(e_hi - e_lo + 1) * W);
+    gather_lanes<W>(srow, W, e_lo, e_hi, csr.order, st);
+    for (int64_t r = r0; r < r1; ++r) {
+      const V* dv = Ln::at(dlt + r * W);
+      const V* zr = Ln::at(zt + r * W);
+      V acc[Ln::NV];
+      for (int i = 0; i < Ln::NV; ++i) acc[i] = dv[i] * zr[i];
+      for (int32_t e = csr.row_ptr[r], e1 = csr.row_ptr[r + 1]; e < e1; ++e) {
+        const V* sv = Ln::at(st + static_cast<int64_t>(e - e_lo) * W);
+        const V* zc = Ln::at(zt + static_cast<int64_t>(csr.cols[e]) * W);
+        for (int i = 0; i < Ln::NV; ++i) acc[i] += sv[i] * zc[i];
+      }
+      V* hr = Ln::at(ht + r * W);
+      for (int i = 0; i < Ln::NV; ++i) hr[i] = acc[i];
+    }
+  }
+  In* rows_out[W];
+  for (int b = 0; b < t.rows; ++b) rows_out[b] = a.out + lrow[b] * a.ldout;
+  scatter_lanes<W>(ht, t.rows, rows_out, n);
 }
 
 /// One tile of the backward: writes dZ rows (if a.out) and adds into acc_dl / acc_s (if set).
@@ -130,8 +282,13 @@ void backward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
   using Acc = typename Args<In>::Acc;
   const int64_t n = a.n;
   const bool want_z = acc_dl != nullptr || acc_s != nullptr;
-  if (want_z) load_transposed<W>(a.z, a.ldz, t.t0, t.rows, n, zt);
-  load_transposed<W>(a.dh, a.lddh, t.t0, t.rows, n, ht);
+  const In* rows_in[W];
+  if (want_z) {
+    row_pointers<W>(a.z, a.ldz, t.t0, t.rows, rows_in);
+    load_rows<W>(rows_in, t.rows, n, zt);
+  }
+  row_pointers<W>(a.dh, a.lddh, t.t0, t.rows, rows_in);
+  load_rows<W>(rows_in, t.rows, n, ht);
   const In* dl = a.dl + t.adapter * n;
   const In* s = a.s + t.adapter * a.k;
   using Ln = Lanes<Acc, W>;
@@ -170,7 +327,11 @@ void backward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
       }
     }
   }
-  if (a.out) store_transposed<W>(dzt, t.rows, n, a.out + t.t0 * a.ldout, a.ldout);
+  if (a.out) {
+    In* rows_out[W];
+    row_pointers<W>(a.out, a.ldout, t.t0, t.rows, rows_out);
+    scatter_lanes<W>(dzt, t.rows, rows_out, n);
+  }
 }
 
 #define FROD_DISPATCH_WIDTH(width, CALL)          \
@@ -202,7 +363,11 @@ void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>
     Acc* zt = scratch<Acc>(0, static_cast<size_t>(a.n) * kMaxTileRows);
     Acc* ht = scratch<Acc>(1, static_cast<size_t>(a.n) * kMaxTileRows);
     const CsrView csr = plan.pattern_of(t.adapter);
-    FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt, ht)));
+    if (t.adapter == kMixedTile) {
+      FROD_DISPATCH_WIDTH(t.width, (forward_mixed_tile<W, In>(a, plan, t, csr, zt, ht)));
+    } else {
+      FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt, ht)));
+    }
   }
 }
 

@@ -45,7 +45,7 @@ void CsrPattern::build(const int32_t* rows, const int32_t* cols, int64_t k, int6
   }
 }
 
-void RotatePlan::build(const RotateProblem& p) {
+void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
   FROD_CHECK_ARG(p.T >= 0 && p.n >= 0 && p.A >= 0 && p.pat.k >= 0, "negative size");
   FROD_CHECK_ARG(p.T < (int64_t(1) << 31), "too many rows: ", p.T, " (limit 2^31 - 1)");
   FROD_CHECK_ARG(p.n < (int64_t(1) << 31) && p.pat.k < (int64_t(1) << 31),
@@ -57,7 +57,24 @@ void RotatePlan::build(const RotateProblem& p) {
   FROD_CHECK_ARG(s.indptr[s.num_segments] == p.T, "seg_indptr[-1] must equal the number of rows ",
                  p.T, ", got ", s.indptr[s.num_segments]);
   tiles.clear();
+  lane_row.clear();
+  lane_adapter.clear();
   base_rows.clear();
+  const bool mixed = allow_mixed && !p.pat.per_adapter;
+  int64_t pending_begin = 0;  // first lane not yet in a mixed tile
+  auto emit_mixed = [&](bool final) {
+    while (static_cast<int64_t>(lane_row.size()) - pending_begin >= (final ? 1 : kMaxTileRows)) {
+      const int32_t rows = static_cast<int32_t>(
+          std::min<int64_t>(kMaxTileRows, static_cast<int64_t>(lane_row.size()) - pending_begin));
+      int32_t width = 1;
+      while (width < rows) width <<= 1;
+      if (rows == 1)  // a lone row: the uniform scalar kernel is cheaper
+        tiles.push_back(Tile{lane_row[pending_begin], 1, 1, lane_adapter[pending_begin], 0});
+      else
+        tiles.push_back(Tile{0, rows, width, kMixedTile, static_cast<int32_t>(pending_begin)});
+      pending_begin += rows;
+    }
+  };
   present.clear();
   csr_of_adapter.assign(static_cast<size_t>(p.A), -1);
   adapted_rows = 0;
@@ -79,6 +96,14 @@ void RotatePlan::build(const RotateProblem& p) {
       present.push_back(a);
     }
     adapted_rows += e - b;
+    if (mixed && e - b <= kMixedMaxSegmentRows) {
+      for (int64_t t = b; t < e; ++t) {
+        lane_row.push_back(t);
+        lane_adapter.push_back(a);
+      }
+      emit_mixed(false);
+      continue;
+    }
     // Split into tiles of at most kMaxTileRows rows, as even as possible.
     const int64_t len = e - b;
     const int64_t ntiles = (len + kMaxTileRows - 1) / kMaxTileRows;
@@ -87,9 +112,10 @@ void RotatePlan::build(const RotateProblem& p) {
       const int32_t rows = static_cast<int32_t>(t1 - t0);
       int32_t width = 1;
       while (width < rows) width <<= 1;
-      tiles.push_back(Tile{t0, rows, width, a});
+      tiles.push_back(Tile{t0, rows, width, a, 0});
     }
   }
+  emit_mixed(true);
   std::sort(present.begin(), present.end());
   // Patterns: shared -> one CSR, per adapter -> one per present adapter.
   // A shared pattern is always validated; per-adapter patterns only for adapters in the batch
