@@ -60,6 +60,15 @@ template <typename Acc, int W> struct Lanes {
   static const V* at(const Acc* p) { return reinterpret_cast<const V*>(p); }
   static V* at(Acc* p) { return reinterpret_cast<V*>(p); }
   static Acc hsum(V v) {
+#ifdef FROD_X86_TRANSPOSE
+    if constexpr (L == 8 && sizeof(Acc) == 4) {
+      __m256 x;
+      std::memcpy(&x, &v, sizeof(x));
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+      h = _mm_hadd_ps(h, h);
+      return _mm_cvtss_f32(_mm_hadd_ps(h, h));
+    }
+#endif
     Acc s = 0;
     for (int i = 0; i < L; ++i) s += v[i];
     return s;
