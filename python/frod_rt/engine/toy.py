@@ -73,3 +73,70 @@ def save_toy_model(model, tokenizer, path) -> Path:
     if tokenizer is not None:
         tokenizer.save_pretrained(p)
     return p
+
+
+def random_adapter(model, path, target_modules, name: str | None = None,
+                   sparse_rate: float = 0.05, scale: float = 0.3, seed: int = 0,
+                   cache_dir=None, decomposition=None):
+    """Write a random-valued FRoD adapter for ``model`` to ``path`` and return its AdapterFile.
+
+    ``dl`` ~ scale * l * N(0, 1) (relative to the layer's own scales) and ``s`` ~
+    scale * mean(l) * N(0, 1), so the adapted model differs clearly from the base. Uses the
+    method's ``decompose`` / ``sparse_pattern`` conventions and ``write_adapter``.
+    """
+    from ..method.adapter_io import AdapterConfig, AdapterFile, LayerDelta, write_adapter
+    from ..method.decompose import decompose
+    from ..method.patterns import pattern_size
+    d = decomposition or decompose(model, target_modules, cache_dir=cache_dir, progress=False)
+    g = torch.Generator().manual_seed(seed)
+    cats, layers = {}, {}
+    for key, cat in d.categories.items():
+        n = cat.in_features
+        k = pattern_size(n, sparse_rate)
+        cats[key] = {"out": cat.out_features, "in": n, "k": k, "layers": list(cat.layers),
+                     "fingerprint": cat.fingerprint}
+        for lname in cat.layers:
+            l = d.layers[lname].l.double().cpu()
+            dl = scale * l * torch.randn(n, generator=g, dtype=torch.float64)
+            s = scale * l.mean() * torch.randn(k, generator=g, dtype=torch.float64)
+            layers[lname] = LayerDelta(dl.to(torch.float32), s.to(torch.float32))
+    tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    cfg = AdapterConfig(1, d.fingerprint, tm, float(sparse_rate), 0, d.alpha, cats, {})
+    af = AdapterFile(name or Path(path).name, cfg, layers)
+    write_adapter(path, af)
+    return af
+
+
+def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
+    """Dense float64 ``W' = U (diag(l + dl) + S) V^T`` per adapted layer (out, in), for
+    checking the engine against a plain model with the adapter merged in."""
+    from ..method.decompose import decompose
+    from ..method.patterns import sparse_pattern
+    d = decomposition or decompose(model, sorted(adapter.layers), alpha=adapter.config.alpha,
+                                   cache_dir=cache_dir, progress=False)
+    out = {}
+    for lname, delta in adapter.layers.items():
+        b = d.layers[lname]
+        cat = d.categories[b.category]
+        n = cat.in_features
+        if delta.rows is not None:
+            rows, cols = delta.rows.long(), delta.cols.long()
+        else:
+            r, c = sparse_pattern(d.pattern_seed_key(cat.key), cat.key, n, delta.s.shape[0])
+            rows, cols = r.long(), c.long()
+        M = torch.diag(b.l.double().cpu() + delta.dl.double())
+        M[rows, cols] += delta.s.double()
+        out[lname] = b.U.double().cpu() @ M @ cat.V.double().cpu().T
+    return out
+
+
+def load_merged(model, weights: dict) -> None:
+    """Overwrite ``model``'s linear weights in place with ``weights`` (name -> (out, in))."""
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for lname, W in weights.items():
+            m = mods[lname]
+            if isinstance(m, torch.nn.Linear):
+                m.weight.copy_(W.to(m.weight.dtype))
+            else:                                   # Conv1D stores (in, out)
+                m.weight.copy_(W.T.to(m.weight.dtype))
