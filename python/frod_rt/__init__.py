@@ -10,3 +10,8 @@ from ._core import cuda_kernels_built
 __version__ = "0.1.0"
 
 __all__ = ["ops", "cuda_kernels_built", "__version__"]
+
+# serving engine (python/frod_rt/engine; transformers is imported lazily)
+from .engine import Engine, SamplingParams  # noqa: E402
+
+__all__ += ["Engine", "SamplingParams"]

@@ -1,7 +1,7 @@
 """Small offline models for demos, tests and benchmarks (no Hugging Face hub needed).
 
-``toy_tokenizer()`` trains a byte-level BPE tokenizer on a built-in paragraph (deterministic,
-a second or less); ``toy_llama()`` / ``toy_gpt2()`` build random-weight models whose vocab
+``toy_tokenizer()`` trains a word-level (or byte-level BPE) tokenizer on a built-in paragraph
+(deterministic, well under a second); ``toy_llama()`` / ``toy_gpt2()`` build random-weight models whose vocab
 matches it, and ``save_toy_model()`` writes model + tokenizer as a Hugging Face directory.
 """
 from __future__ import annotations
@@ -23,20 +23,32 @@ learned one adapter per task: translation, summaries, poems, code, questions and
 """
 
 
-def toy_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``CORPUS`` with special
-    tokens <pad>=0, <s>=1, </s>=2 (bos/eos)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def toy_tokenizer(kind: str = "word", vocab_size: int = 384):
+    """A ``PreTrainedTokenizerFast`` trained on ``CORPUS`` (deterministic, well under a second)
+    with special tokens <pad>=0, <s>=1, </s>=2 (bos/eos) and <unk>=3.
+
+    kind "word": word-level (lower-cased words and punctuation of the corpus, so a random model
+    still prints readable words); kind "bpe": byte-level BPE of ``vocab_size`` (any text)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    if kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=specials, show_progress=False)
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+    else:
+        raise ValueError(f"kind: expected 'word' or 'bpe', got {kind!r}")
     tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+                                   eos_token="</s>", unk_token="<unk>")
 
 
 def toy_llama(vocab_size: int = 384, hidden: int = 64, layers: int = 2, heads: int = 4,
