@@ -222,3 +222,26 @@ def test_merge_hot_opt_in_matches_replace_form(tmp_path, gen):
     hot_slots = {e.slot for e in hot.pool.entries.values() if e.name in ("h0", "h2")
                  and e.slot >= 0}
     assert all(set(m) <= hot_slots for m in merged)
+
+
+def test_mixed_patterns_in_one_batch(tmp_path, gen):
+    """Default patterns, a non-zero pattern seed, another sparse rate (longer k) and imported
+    rows/cols all served in one batch (per-adapter index tables), each equal to its merge."""
+    dt = torch.float64
+    model = toy_llama(vocab_size=89, hidden=32, intermediate=40, eos_token_id=None, std=0.1,
+                      dtype=dt)
+    kinds = {"std": {}, "seeded": {"pattern_seed": 7}, "dense": {"sparse_rate": 0.2},
+             "imported": {"explicit_pattern": True}}
+    files = {n: random_adapter(model, tmp_path / n, ["q_proj", "v_proj", "down_proj"], seed=i,
+                               cache_dir=tmp_path, **kw)
+             for i, (n, kw) in enumerate(kinds.items())}
+    eng = Engine.load(model, adapters={n: tmp_path / n for n in kinds}, cache_dir=tmp_path)
+    prompts = _prompts(8, 89, gen)
+    names = list(kinds) * 2
+    res = eng.generate(prompts, adapters=names, max_tokens=6, ignore_eos=True)
+    for p, n, r in zip(prompts, names, res):
+        m = copy.deepcopy(model)
+        load_merged(m, merged_weights(m, files[n], cache_dir=tmp_path))
+        assert r.token_ids == _hf_greedy(m, p, 6), n
+    lt = eng.pool.tables["model.layers.0.self_attn.q_proj"]
+    assert len({k for k in lt.slot_key if k is not None}) == 4
