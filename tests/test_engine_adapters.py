@@ -27,10 +27,23 @@ def _hf_greedy(model, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_each_adapter_matches_merged_hf(arch, tmp_path, gen):
     dt = torch.float64                       # exact enough that greedy tokens never tie-flip
-    if arch == "llama":
+    if arch == "qwen2":                      # biased q/k/v projections
+        import transformers
+        cfg = transformers.Qwen2Config(vocab_size=113, hidden_size=40, intermediate_size=56,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, initializer_range=0.1,
+                                       eos_token_id=None)
+        torch.manual_seed(4)
+        model = transformers.Qwen2ForCausalLM(cfg).to(dt).eval()
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    proj.bias.normal_(0, 0.1)
+        targets = [LLAMA_T, ["q_proj", "k_proj"], ["v_proj", "up_proj"]]
+    elif arch == "llama":
         model = toy_llama(vocab_size=113, hidden=40, eos_token_id=None, std=0.1, dtype=dt)
         targets = [LLAMA_T, ["q_proj", "v_proj"], ["gate_proj", "down_proj", "o_proj"]]
     else:

@@ -218,3 +218,19 @@ def test_step_api_with_producer_thread(gen):
     for rid, p in zip(ids, prompts):
         assert toks[rid] == _hf_greedy(model, p, 4)
     assert not eng._seqs and eng.stats()["queue_depth"] == 0   # nothing kept after finishing
+
+
+def test_load_from_directory_with_tokenizer(tmp_path):
+    from frod_rt.engine.toy import save_toy_model
+    tok = toy_tokenizer()
+    model = toy_llama(vocab_size=len(tok), eos_token_id=None)
+    save_toy_model(model, tok, tmp_path / "m")
+    eng = Engine.load(tmp_path / "m")
+    assert eng.base_name == "m" and eng.tokenizer is not None
+    r = eng.generate("once upon a time", max_tokens=6)[0]
+    ids = tok("once upon a time")["input_ids"]
+    want = _hf_greedy(model, ids, 6)
+    assert r.token_ids == want and r.prompt_tokens == len(ids)
+    assert r.text == tok.decode(want, skip_special_tokens=True)
+    with pytest.raises(FileNotFoundError):
+        Engine.load(tmp_path / "missing")
