@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from frod_rt import FrodConfig, FrodModel, get_frod_model
+from frod_rt import FrodConfig, get_frod_model
 from frod_rt.method import FrodLinear
-from frod_rt.method.dense_path import delta_weight, dense_frod_linear, prefer_dense
+from frod_rt.method.dense_path import dense_frod_linear, prefer_dense
 
 from frod_models import (BERT_TARGETS, GPT2_TARGETS, LLAMA_TARGETS, tiny_bert, tiny_gpt2,
                          tiny_llama)
