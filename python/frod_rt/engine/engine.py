@@ -197,6 +197,8 @@ class Engine:
     def add_adapter(self, name: str, path) -> None:
         """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
         FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
+        if name == self.base_name:
+            raise ValueError(f"adapter name {name!r} is the base model's name")
         self.pool.add(name, path)
 
     def remove_adapter(self, name: str) -> None:
