@@ -24,8 +24,10 @@ setup: $(VENV)/.deps
 demo: setup
 	$(BIN)/python examples/demo.py
 
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so test processes
+# (and the server subprocesses some tests start) do not starve each other on small machines.
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 dev: $(VENV)/.deps
