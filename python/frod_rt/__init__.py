@@ -4,6 +4,16 @@ Public surface (more arrives with the method, engine and server modules):
     frod_rt.ops.rotate_segments   per-segment rotation (torch.library custom op)
     frod_rt.ops.frod_linear       multi-adapter FRoD linear layer
 """
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    # Idle OpenMP threads sleep instead of spinning. With spinning (libgomp's default), a
+    # process sharing its cores with others ran the demo ~80x slower (measured on a loaded
+    # 2-core machine). Only takes effect when frod_rt is imported before torch; set
+    # OMP_WAIT_POLICY=ACTIVE yourself to keep spinning.
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import ops
 from ._core import cuda_kernels_built
 
