@@ -1,8 +1,10 @@
 """frod_rt: train and serve many FRoD adapters on one shared base model.
 
-Public surface (more arrives with the method, engine and server modules):
-    frod_rt.ops.rotate_segments   per-segment rotation (torch.library custom op)
-    frod_rt.ops.frod_linear       multi-adapter FRoD linear layer
+Public surface:
+    frod_rt.ops                   rotate_segments (torch.library custom op), frod_linear, ...
+    frod_rt.decompose, FrodConfig, get_frod_model, FrodModel   the FRoD method
+    frod_rt.read_adapter, write_adapter, AdapterError          adapter files
+    frod_rt.Engine, SamplingParams                             multi-adapter serving
 """
 import os as _os
 import sys as _sys
