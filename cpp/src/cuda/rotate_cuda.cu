@@ -116,15 +116,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int b = 0; b < R; ++b) acc[b] = d * to_acc(zr.v[b]);
     const int32_t e1 = ptr[r + 1];
+#pragma unroll 2
     for (int32_t e = ptr[r]; e < e1; ++e) {
       const A v = to_acc(s[idx[e]]);
       const Vec<T, R> zc = zv[col[e]];
 #pragma unroll
       for (int b = 0; b < R; ++b) acc[b] = fma(v, to_acc(zc.v[b]), acc[b]);
     }
+    T* o = a.out + t.t0 * a.ldout + r;
 #pragma unroll
-    for (int b = 0; b < R; ++b)
-      if (b < t.rows) a.out[(t.t0 + b) * a.ldout + r] = from_acc<T>(acc[b]);
+    for (int b = 0; b < R; ++b, o += a.ldout)
+      if (b < t.rows) *o = from_acc<T>(acc[b]);
   }
 }
 
@@ -172,9 +174,9 @@ __global__ void __launch_bounds__(kThreads)
   const Vec<T, R>* hv = reinterpret_cast<const Vec<T, R>*>(hs);
   for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
     A zc[R];
+    const T* zp = a.z + t.t0 * a.ldz + c;
 #pragma unroll
-    for (int b = 0; b < R; ++b)
-      zc[b] = (want_z && b < t.rows) ? to_acc(a.z[(t.t0 + b) * a.ldz + c]) : A(0);
+    for (int b = 0; b < R; ++b, zp += a.ldz) zc[b] = (want_z && b < t.rows) ? to_acc(*zp) : A(0);
     const Vec<T, R> hc = hv[c];
     const A d = to_acc(dl[c]);
     A acc[R];
@@ -201,9 +203,10 @@ __global__ void __launch_bounds__(kThreads)
       if (d_s) atomicAdd(d_s + j, dot);
     }
     if (a.out) {
+      T* o = a.out + t.t0 * a.ldout + c;
 #pragma unroll
-      for (int b = 0; b < R; ++b)
-        if (b < t.rows) a.out[(t.t0 + b) * a.ldout + c] = from_acc<T>(acc[b]);
+      for (int b = 0; b < R; ++b, o += a.ldout)
+        if (b < t.rows) *o = from_acc<T>(acc[b]);
     }
   }
 }
