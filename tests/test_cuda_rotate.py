@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import frod_rt
 from frod_rt import _C
 from frod_rt._core import stream_of, view
 from frod_rt.ops import rotate_segments, rotate_segments_reference
