@@ -142,3 +142,22 @@ def test_fused_opcheck(gen):
     torch.library.opcheck(torch.ops.frod_rt.fused_frod_linear.default,
                           (c["x"], vt, wu, c["b"], c["indptr"], c["adapter"], c["dl"], c["s"],
                            c["rows"], c["cols"]))
+
+
+@pytest.mark.parametrize("dtype", GEMM_DTYPES)
+def test_gemm_and_fused_are_batch_invariant(gen, dtype):
+    """One CUTLASS instantiation, no split-K: a row's output does not depend on the other rows
+    of the batch (bit for bit), for the dense GEMM and for the whole fused layer."""
+    p = _layer(gen, n=64, out=48, A=3, k=300, dtype=dtype, per_adapter=False, layout="long")
+    c = {k: v.cuda() for k, v in p.items()}
+    full = cutlass_linear(c["x"], c["W"], c["b"])
+    part = cutlass_linear(c["x"][41:50].contiguous(), c["W"], c["b"])
+    assert torch.equal(full[41:50], part)
+    vt, wu = fused_weights(c["W"], c["V"], c["U"])
+    rot = (c["dl"], c["s"], c["rows"], c["cols"])
+    yf = fused_frod_linear(c["x"], vt, wu, c["b"], c["indptr"], c["adapter"], *rot)
+    lo, hi = int(p["indptr"][2]), int(p["indptr"][3])  # the third segment, adapter 2
+    one = torch.tensor([0, hi - lo], dtype=torch.int32, device="cuda")
+    ys = fused_frod_linear(c["x"][lo:hi].contiguous(), vt, wu, c["b"], one,
+                           c["adapter"][2:3].contiguous(), *rot)
+    assert torch.equal(yf[lo:hi], ys)

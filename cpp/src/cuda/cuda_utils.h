@@ -46,6 +46,36 @@ class StreamBuffer {
   cudaStream_t stream_;
 };
 
+/// Makes the device that owns `stream` current for the scope (no-op for the null stream or
+/// when it already is), so kernels, scratch memory and device queries match the stream even
+/// when the caller's current device differs (tensors on another GPU).
+class StreamDeviceGuard {
+ public:
+  explicit StreamDeviceGuard(cudaStream_t stream) {
+#if CUDART_VERSION >= 12080  // cudaStreamGetDevice appeared in CUDA 12.8
+    if (stream == nullptr) return;
+    int want = 0;
+    FROD_CUDA_CHECK(cudaStreamGetDevice(stream, &want));
+    FROD_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ == want) {
+      prev_ = -1;
+    } else {
+      FROD_CUDA_CHECK(cudaSetDevice(want));
+    }
+#else
+    (void)stream;
+#endif
+  }
+  ~StreamDeviceGuard() {
+    if (prev_ >= 0) cudaSetDevice(prev_);
+  }
+  StreamDeviceGuard(const StreamDeviceGuard&) = delete;
+  StreamDeviceGuard& operator=(const StreamDeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
 /// Rounds `bytes` up to a multiple of 256 (alignment of sub-buffers carved from one block).
 constexpr size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 

@@ -89,6 +89,7 @@ void gemm_tn_cuda(const GemmProblem& p, void* stream_ptr) {
   check_gemm_problem(p, "gemm");
   if (p.M == 0 || p.N == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cuda::StreamDeviceGuard device_guard(stream);
   cuda::GemmTN g;
   g.M = static_cast<int>(p.M);
   g.N = static_cast<int>(p.N);

@@ -276,6 +276,7 @@ void rotate_forward_cuda(const RotateProblem& p, const void* z, int64_t ldz, con
   check_common(p);
   FROD_CHECK_ARG(ldz >= p.n && ldh >= p.n, "row strides must be >= n");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  StreamDeviceGuard device_guard(stream);
   ErrorWord err(error_flags, stream);
   if (p.T == 0) {
     FROD_CUDA_CHECK(cudaMemsetAsync(err.ptr, 0, sizeof(int32_t), stream));
@@ -303,6 +304,7 @@ void rotate_backward_cuda(const RotateProblem& p, const void* z, int64_t ldz, co
   FROD_CHECK_ARG(ldz >= p.n && lddh >= p.n && (dz == nullptr || lddz >= p.n),
                  "row strides must be >= n");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  StreamDeviceGuard device_guard(stream);
   ErrorWord err(error_flags, stream);
   if (p.T == 0 || (dz == nullptr && d_dl == nullptr && d_s == nullptr)) {
     FROD_CUDA_CHECK(cudaMemsetAsync(err.ptr, 0, sizeof(int32_t), stream));
@@ -345,6 +347,7 @@ int32_t rotate_validate_cuda(const RotateProblem& p, void* stream_ptr) {
   using namespace cuda;
   check_common(p);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  StreamDeviceGuard device_guard(stream);
   ErrorWord err(nullptr, stream);
   {
     RotatePlanCuda plan(p, 16, /*csr=*/true, /*csc=*/false, err.ptr, stream);

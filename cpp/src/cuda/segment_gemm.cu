@@ -63,6 +63,7 @@ void segment_gemm_cuda(const SegmentGemmArgs& a, void* stream_ptr, int32_t* erro
   FROD_CHECK_ARG(a.indptr != nullptr && (a.num_segments == 0 || a.slot != nullptr),
                  "segment_gemm: null seg_indptr / slot");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cuda::StreamDeviceGuard device_guard(stream);
   if (error_flags) FROD_CUDA_CHECK(cudaMemsetAsync(error_flags, 0, sizeof(int32_t), stream));
   const int64_t G = a.num_segments;
   if (G == 0 || a.T == 0 || a.num_weights == 0) return;
