@@ -25,6 +25,7 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   frod::bind::bind_rotate(m);
+  m.attr("cuda_build_mode") = FROD_CUDA_MODE;  // FROD_CUDA at configure time: AUTO, ON or OFF
 #ifdef FROD_WITH_CUDA
   m.attr("with_cuda") = true;
   frod::bind::bind_cuda(m);

@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 TensorView = Tuple[int, int, int, int, Tuple[int, ...], Tuple[int, ...]]
 
 with_cuda: bool
+cuda_build_mode: str  # FROD_CUDA at configure time: "AUTO", "ON" or "OFF"
 
 def rotate_forward(
     z: TensorView,
@@ -40,3 +41,40 @@ def segments_from_ids(
     adapter_ids: TensorView, num_adapters: int, seg_indptr: TensorView, seg_adapter: TensorView
 ) -> int:
     """Runs of equal consecutive ids -> (seg_indptr, seg_adapter); returns the run count."""
+
+
+# ---- only in builds with CUDA kernels (with_cuda is True); see cpp/bindings/bind_cuda.cpp ----
+cuda_architectures: str  # CMAKE_CUDA_ARCHITECTURES, comma-separated
+
+def cuda_device_available() -> bool: ...
+def gemm_backend() -> str: ...
+def cutlass_gemm_families() -> list[str]: ...
+def gemm(a: TensorView, b: TensorView, bias: Optional[TensorView], d: TensorView,
+         stream: int = 0) -> None:
+    """d (M, N) = a (M, K) @ b (N, K)^T + bias (N,) on CUTLASS (bf16/fp16)."""
+def frod_linear_fused(xh: TensorView, vt: TensorView, wu: TensorView, bias: Optional[TensorView],
+                      seg_indptr: TensorView, seg_adapter: TensorView, dl: TensorView,
+                      s: TensorView, rows: TensorView, cols: TensorView, z: TensorView,
+                      y: TensorView, error_flags: Optional[TensorView] = None,
+                      stream: int = 0) -> None:
+    """Z = X V; xh[:, n:] = rotate(Z); y = xh @ wu^T + bias, with X = xh[:, :n]."""
+def frod_linear_replace(x: TensorView, vt: TensorView, u: TensorView, l: TensorView,
+                        bias: Optional[TensorView], seg_indptr: TensorView,
+                        seg_adapter: TensorView, dl: TensorView, s: TensorView,
+                        rows: TensorView, cols: TensorView, z: TensorView, h: TensorView,
+                        y: TensorView, error_flags: Optional[TensorView] = None,
+                        stream: int = 0) -> None:
+    """Z = X V; H = Z diag(l + dl_a) + S_a Z; y = H U^T + bias."""
+def segment_gemm(x: TensorView, weight: TensorView, bias: Optional[TensorView],
+                 seg_indptr: TensorView, seg_slot: TensorView, y: TensorView,
+                 error_flags: Optional[TensorView] = None, stream: int = 0) -> None:
+    """y[seg g] = x[seg g] @ weight[slot[g]]^T + bias for segments with slot >= 0."""
+def rotate_validate(z: TensorView, seg_indptr: TensorView, seg_adapter: TensorView,
+                    dl: TensorView, s: TensorView, rows: TensorView, cols: TensorView,
+                    stream: int = 0) -> int:
+    """Error bits of the index values (1 seg_indptr, 2 seg_adapter, 4 rows/cols); synchronises."""
+def rotate_forward_scaled(z: TensorView, seg_indptr: TensorView, seg_adapter: TensorView,
+                          dl: TensorView, s: TensorView, rows: TensorView, cols: TensorView,
+                          base_scale: Optional[TensorView], h: TensorView,
+                          error_flags: Optional[TensorView] = None, stream: int = 0) -> None:
+    """h[t] = z[t] * (base_scale + dl[a]) + S_a z[t]."""
