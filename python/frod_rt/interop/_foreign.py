@@ -34,7 +34,11 @@ from ..method.decompose import category_key
 from ..method.fingerprint import _tensor_bytes, base_fingerprint
 from ..method.patterns import sparse_pattern
 
-__all__ = ["ForeignLayer", "foreign_split", "signed_permutation", "to_our_basis",
+class BasisMismatch(AdapterError):
+    """A foreign basis is not a signed permutation of frod_rt's: most likely another base."""
+
+
+__all__ = ["BasisMismatch", "ForeignLayer", "check_foreign_bases", "foreign_split", "signed_permutation", "to_our_basis",
            "file_basis", "delta_probe_error"]
 
 
@@ -92,6 +96,43 @@ def signed_permutation(V_ours: torch.Tensor, V_f: torch.Tensor
     P = torch.zeros_like(M)
     P[pi, cols] = sign
     return pi, sign, float((M - P).abs().max()) if n else 0.0
+
+
+def check_foreign_bases(layers: list[ForeignLayer], tol: float = 1e-2) -> dict[str, float]:
+    """Check that every foreign basis belongs to these base weights; returns the residual per
+    group and raises :class:`BasisMismatch` above ``tol``.
+
+    The joint basis satisfies a basis-independent identity with the stacked weights
+    ``A = [W_1; ...; W_L]`` of its group: ``V V^T = R^T E E^T R = A^T A`` (QR branch, rows >=
+    cols), while the SVD branch has orthogonal ``V`` with ``(A V)^T (A V)`` diagonal. The
+    residual is ``||V V^T - A^T A||_F / ||A^T A||_F``, resp. the relative off-diagonal mass
+    plus ``||V^T V - I||_F / sqrt(n)``. Float32/float16 bases leave ~1e-6/1e-3; another base
+    leaves O(1).
+    """
+    groups: dict[str, list[ForeignLayer]] = {}
+    for fl in layers:
+        groups.setdefault(fl.group, []).append(fl)
+    out = {}
+    for g, members in groups.items():
+        A = torch.cat([fl.weight.detach().to("cpu", torch.float64) for fl in members])
+        V = members[0].V.detach().to("cpu", torch.float64)
+        n = V.shape[0]
+        if A.shape[0] >= A.shape[1]:
+            G = A.T @ A
+            res = float(torch.linalg.norm(V @ V.T - G) / torch.linalg.norm(G).clamp_min(1e-300))
+        else:
+            AV = A @ V
+            G = AV.T @ AV
+            off = G - torch.diag(torch.diagonal(G))
+            res = float(torch.linalg.norm(off) / torch.linalg.norm(G).clamp_min(1e-300)) + \
+                float(torch.linalg.norm(V.T @ V - torch.eye(n, dtype=V.dtype))) / n ** 0.5
+        out[g] = res
+        if not res <= tol:
+            raise BasisMismatch(
+                f"the foreign basis of category {g!r} does not belong to this base model "
+                f"(basis residual {res:.2e} > {tol:.1e}): the adapter was trained on another "
+                "base, or its layers are incomplete")
+    return out
 
 
 def _apply_delta(U, V, dl, rows, cols, s, probes):
@@ -194,8 +235,8 @@ def to_our_basis(layers: list[ForeignLayer], decomposition: Decomposition, *, na
             if sp is None:
                 raise AdapterError(
                     f"the foreign basis of {fl.group!r} is not a signed permutation of frod_rt's "
-                    f"basis of {cat.key!r}: the adapter cannot be mapped onto this "
-                    "decomposition (use basis='file')")
+                    f"basis of {cat.key!r} (degenerate eigenvalues make both arbitrary): the "
+                    "adapter cannot be mapped onto this decomposition; use basis='file'")
             perms[pk] = sp
             devs[cat.key] = sp[2]
         pi, sign, _ = perms[pk]

@@ -44,7 +44,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import linear_weight
 from ..method.decompose import decompose
-from ._foreign import ForeignLayer, file_basis, to_our_basis
+from ._foreign import BasisMismatch, ForeignLayer, check_foreign_bases, file_basis, to_our_basis
 
 __all__ = ["OfficialImport", "import_official", "official_category", "load_projection_cache"]
 
@@ -155,7 +155,7 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
                     adapter_name: str = "default", trust_pickle: bool = False,
                     decomposition: Decomposition | None = None, basis: str = "auto",
                     name: str | None = None, tol: float = 1e-3, dtype=None,
-                    cache_dir=None) -> OfficialImport:
+                    cache_dir=None, base_tol: float | None = 5e-2) -> OfficialImport:
     """Import an official-code FRoD checkpoint so that frod_rt reproduces its forward output.
 
     Args:
@@ -168,6 +168,7 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
         trust_pickle: allow unpickling the cache (see :func:`load_projection_cache`).
         decomposition, basis, name, tol, dtype, cache_dir: as in
             :func:`frod_rt.interop.peft.import_peft`.
+        base_tol: as in ``import_peft`` (looser default: the official ``V`` is float16).
 
     Raises:
         FileNotFoundError, AdapterError, ValueError.
@@ -235,6 +236,8 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
     name = name or path.name
     extra = {"imported_from": "official", "semantics": "official forward: W + U(diag(lambda)"
              " + S^T)V^T (pattern transposed, dl = full lambda)", "official_sparse_rate": rate}
+    residuals = check_foreign_bases(layers, base_tol) if base_tol is not None else {}
+    extra["basis_residual"] = max(residuals.values(), default=0.0)
     err = None
     if basis in ("auto", "frod_rt"):
         if decomposition is None:
@@ -245,6 +248,8 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
                                           extra=extra, tol=tol, dtype=dtype)
             check_against(adapter, decomposition)
             return OfficialImport(adapter, decomposition, "frod_rt", worst, ignored)
+        except BasisMismatch:
+            raise
         except AdapterError as e:
             if basis == "frod_rt":
                 raise

@@ -40,7 +40,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import is_conv1d, linear_weight
 from ..method.decompose import decompose
-from ._foreign import ForeignLayer, file_basis, foreign_split, signed_permutation, to_our_basis
+from ._foreign import BasisMismatch, ForeignLayer, check_foreign_bases, file_basis, foreign_split, signed_permutation, to_our_basis
 
 __all__ = ["PeftImport", "import_peft", "export_peft", "peft_category", "peft_projections"]
 
@@ -283,7 +283,8 @@ def _from_peft_model(model, adapter_name: str) -> tuple[dict, list[ForeignLayer]
 def import_peft(source, base_model: nn.Module | None = None,
                 decomposition: Decomposition | None = None, *, basis: str = "auto",
                 name: str | None = None, adapter_name: str = "default", tol: float = 1e-3,
-                dtype: torch.dtype | None = None, cache_dir=None) -> PeftImport:
+                dtype: torch.dtype | None = None, cache_dir=None,
+                base_tol: float | None = 1e-2) -> PeftImport:
     """Import an upstream PEFT FRoD adapter.
 
     Args:
@@ -298,6 +299,8 @@ def import_peft(source, base_model: nn.Module | None = None,
         adapter_name: which adapter of a ``PeftModel``.
         tol: largest accepted relative error of a layer's update for ``basis="frod_rt"``.
         dtype: dtype of the adapter values (default: the base weights' dtype).
+        base_tol: largest accepted residual of the check that the adapter's basis belongs to
+            ``base_model`` (``check_foreign_bases``); None skips the check.
 
     Returns:
         :class:`PeftImport`.
@@ -331,6 +334,8 @@ def import_peft(source, base_model: nn.Module | None = None,
              "peft_basis_from": "file" if from_file else "regenerated"}
     rate = float(cfg.get("sparse_rate", 0.01))
     names = [fl.name for fl in layers]
+    residuals = check_foreign_bases(layers, base_tol) if base_tol is not None else {}
+    extra["basis_residual"] = max(residuals.values(), default=0.0)
     err = None
     if basis in ("auto", "frod_rt"):
         if decomposition is None:
@@ -341,6 +346,8 @@ def import_peft(source, base_model: nn.Module | None = None,
                                           extra=extra, tol=tol, dtype=dtype)
             check_against(adapter, decomposition)
             return PeftImport(adapter, decomposition, "frod_rt", worst, ignored)
+        except BasisMismatch:
+            raise
         except AdapterError as e:
             if basis == "frod_rt":
                 raise
