@@ -1,0 +1,227 @@
+"""Interop with upstream PEFT's FRoD tuner, checked on OUTPUTS of PEFT's own model.
+
+Small random-weight BERT and Llama models (odd sizes; the Llama down_proj stack is wider than
+tall, so PEFT's SVD branch is covered), adapters with nonzero trained-like values.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from peft import FrodConfig as PeftFrodConfig  # noqa: E402
+from peft import PeftModel, get_peft_model  # noqa: E402
+
+from frod_rt import FrodConfig, get_frod_model  # noqa: E402
+from frod_rt.method import AdapterError  # noqa: E402
+from frod_rt.interop import export_peft, import_peft  # noqa: E402
+from frod_rt.interop._foreign import foreign_split  # noqa: E402
+
+BERT_TARGETS = ["query", "value", "intermediate.dense", "output.dense"]
+LLAMA_TARGETS = ["q_proj", "k_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def _bert():
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=40, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=72, vocab_size=97, max_position_embeddings=32)
+    return BertModel(cfg).eval()
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaModel
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=88, vocab_size=97,
+                      max_position_embeddings=32)
+    return LlamaModel(cfg).eval()
+
+
+MODELS = {"bert": (_bert, BERT_TARGETS), "llama": (_llama, LLAMA_TARGETS)}
+
+
+def _hidden(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).last_hidden_state
+
+
+def _trained_peft(base, targets, rate=0.05, seed=0):
+    """A PEFT FRoD model with trained-like values: lambda_l = l0 * (1 + 0.2 N(0,1)),
+    s ~ 0.1 * mean(l0) * N(0,1)."""
+    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=targets,
+                                                            sparse_rate=rate, progressbar=False))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in pm.modules():
+            if hasattr(mod, "frod_lambda_l") and "default" in mod.frod_lambda_l:
+                lam = mod.frod_lambda_l["default"]
+                scale = float(lam.abs().mean())
+                lam.mul_(1 + 0.2 * torch.randn(lam.shape, generator=g))
+                s = mod.frod_lambda_s_values["default"]
+                s.copy_(0.1 * scale * torch.randn(s.shape, generator=g))
+    return pm.eval()
+
+
+def _frod_with(base, imported):
+    """A frod_rt FrodModel on a copy of ``base`` with the imported adapter active."""
+    names = [n for c in imported.adapter.config.categories.values() for n in c["layers"]]
+    fm = get_frod_model(copy.deepcopy(base), FrodConfig(target_modules=names, progress=False),
+                        adapter_name="zero", decomposition=imported.decomposition)
+    fm.add_adapter_from_file(imported.adapter, "imp")
+    fm.set_adapter("imp")
+    return fm.eval()
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_import_dir_reproduces_peft_output(kind, ids, tmp_path, monkeypatch):
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    make, targets = MODELS[kind]
+    base = make()
+    pm = _trained_peft(base, targets)
+    ref, plain = _hidden(pm, ids), _hidden(base, ids)
+    assert (ref - plain).abs().max() > 1e-2          # the adapter really changes the output
+    pm.save_pretrained(tmp_path / "peft_adapter")
+    res = import_peft(tmp_path / "peft_adapter", base)          # basis="auto"
+    assert res.adapter.config.extra["imported_from"] == "peft"
+    out = _hidden(_frod_with(base, res), ids)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=2e-5)
+
+
+def test_import_live_peft_model(ids, tmp_path, monkeypatch):
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    pm = _trained_peft(base, BERT_TARGETS, seed=3)
+    res = import_peft(pm, basis="file")
+    assert res.basis == "file"
+    torch.testing.assert_close(_hidden(_frod_with(base, res), ids), _hidden(pm, ids),
+                               rtol=1e-4, atol=2e-5)
+
+
+def test_untrained_peft_adapter_imports_as_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=BERT_TARGETS,
+                                                            progressbar=False))
+    pm.save_pretrained(tmp_path / "a")
+    res = import_peft(tmp_path / "a", base, basis="file")
+    for d in res.adapter.layers.values():
+        assert float(d.dl.abs().max()) == 0.0 and float(d.s.abs().max()) == 0.0
+
+
+def test_frod_rt_basis_error_is_measured(ids, tmp_path, monkeypatch):
+    """Mapping onto frod_rt's own basis: PEFT's float32 basis is a signed permutation of ours
+    up to a small deviation; the reported error bounds the output difference, and a tight
+    tolerance is refused."""
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    pm = _trained_peft(base, BERT_TARGETS, seed=5)
+    pm.save_pretrained(tmp_path / "a")
+    with pytest.raises(AdapterError, match="tolerance"):
+        import_peft(tmp_path / "a", base, basis="frod_rt", tol=1e-7)
+    res = import_peft(tmp_path / "a", base, basis="frod_rt", tol=0.1)
+    assert res.basis == "frod_rt" and 0 < res.max_rel_error < 0.1
+    ref, plain = _hidden(pm, ids), _hidden(base, ids)
+    out = _hidden(_frod_with(base, res), ids)
+    effect = float((ref - plain).abs().max())
+    assert float((out - ref).abs().max()) <= 5 * res.max_rel_error * effect + 1e-4
+    # and the default-pattern adapter of frod_rt really is another adapter: pattern per layer
+    assert all(d.rows is not None for d in res.adapter.layers.values())
+
+
+def test_export_native_adapter_loads_in_peft(ids, tmp_path, monkeypatch):
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    fm = get_frod_model(copy.deepcopy(base), FrodConfig(target_modules=BERT_TARGETS,
+                                                        sparse_rate=0.05, progress=False))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for m in fm.frod_layers().values():
+            m.frod_dl["default"].copy_(0.2 * m.frod_l * torch.randn(m.frod_l.shape, generator=g))
+            s = m.frod_s["default"]
+            s.copy_(0.1 * float(m.frod_l.mean()) * torch.randn(s.shape, generator=g))
+    fm.eval()
+    ours, plain = _hidden(fm, ids), _hidden(base, ids)
+    adapter = fm.adapter_file("default")
+    err = export_peft(adapter, base, tmp_path / "exp", fm.decomposition, tol=0.1)
+    cfg = json.loads((tmp_path / "exp" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "FROD" and cfg["save_projection"] is True
+    pm = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "exp").eval()
+    theirs = _hidden(pm, ids)
+    effect = float((ours - plain).abs().max())
+    assert effect > 1e-2
+    assert float((theirs - ours).abs().max()) <= 5 * err * effect + 1e-4
+
+
+def test_file_basis_round_trip_is_exact(ids, tmp_path, monkeypatch):
+    """PEFT -> frod_rt (file basis) -> PEFT gives PEFT's own output back."""
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _llama()
+    pm = _trained_peft(base, LLAMA_TARGETS, seed=9)
+    pm.save_pretrained(tmp_path / "a")
+    res = import_peft(tmp_path / "a", base, basis="file")
+    err = export_peft(res.adapter, base, tmp_path / "b", res.decomposition)
+    assert err < 1e-5
+    back = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "b").eval()
+    torch.testing.assert_close(_hidden(back, ids), _hidden(pm, ids), rtol=1e-5, atol=1e-6)
+
+
+def test_save_projection_false_regenerates_peft_basis(ids, tmp_path, monkeypatch):
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(
+        target_modules=BERT_TARGETS, sparse_rate=0.05, save_projection=False,
+        projection_prng_key=4, progressbar=False))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "frod_lambda_s_values" in n:
+                p.normal_(0, 0.05)
+    pm.eval().save_pretrained(tmp_path / "a")
+    res = import_peft(tmp_path / "a", base, basis="file")
+    assert res.adapter.config.extra["peft_basis_from"] == "regenerated"
+    torch.testing.assert_close(_hidden(_frod_with(base, res), ids), _hidden(pm, ids),
+                               rtol=1e-4, atol=2e-5)
+
+
+def test_foreign_split_reconstructs(gen):
+    W = torch.randn(13, 9, generator=gen, dtype=torch.float64)
+    V = torch.randn(9, 9, generator=gen, dtype=torch.float64)
+    U, l0 = foreign_split(W, V)
+    torch.testing.assert_close(U @ torch.diag(l0) @ V.T, W)
+
+
+def test_bad_inputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    with pytest.raises(FileNotFoundError):
+        import_peft(tmp_path / "nope", base)
+    with pytest.raises(ValueError, match="base_model"):
+        import_peft(tmp_path, None)
+    with pytest.raises(ValueError, match="basis"):
+        import_peft(tmp_path, base, basis="mine")
+    with pytest.raises(TypeError):
+        import_peft(42, base)
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(AdapterError, match="FROD"):
+        import_peft(tmp_path / "lora", base)
+    # an adapter trained on another base is refused (its basis matches nothing of ours)
+    pm = _trained_peft(base, BERT_TARGETS)
+    pm.save_pretrained(tmp_path / "a")
+    torch.manual_seed(123)
+    other = _bert()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.normal_(0, 0.05)
+    with pytest.raises(AdapterError, match="another base"):
+        import_peft(tmp_path / "a", other)
