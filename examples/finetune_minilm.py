@@ -236,7 +236,7 @@ def run(method, args, train, test, labels, tok):
         loss.backward()
         opt.step()
         train_time += time.perf_counter() - t
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{float(loss):.3f}")
         if step % args.eval_every == 0 or step == args.steps:
             acc, tl = evaluate(model, test, tok, args.max_len)
