@@ -15,3 +15,10 @@ __all__ = ["ops", "cuda_kernels_built", "__version__"]
 from .engine import Engine, SamplingParams  # noqa: E402
 
 __all__ += ["Engine", "SamplingParams"]
+
+# The FRoD method (decomposition, trainable layers, adapter files).
+from .method import (AdapterError, Decomposition, FrodConfig, FrodModel, decompose,  # noqa: E402
+                     get_frod_model, read_adapter, write_adapter)
+
+__all__ += ["decompose", "Decomposition", "FrodConfig", "get_frod_model", "FrodModel",
+            "read_adapter", "write_adapter", "AdapterError"]
