@@ -57,6 +57,7 @@ class EngineLoop:
         self._window = rate_window_s
         self._rate: deque[tuple[float, int]] = deque()
         self.step_errors_total = 0
+        self.aborts_total = 0                   # abort() calls for requests still in flight
         self.last_error: str | None = None
         self._thread: threading.Thread | None = None
 
@@ -123,6 +124,7 @@ class EngineLoop:
         with self._lock:
             known = request_id in self._handles
         if known:
+            self.aborts_total += 1
             self.engine.abort_request(request_id)
             self._wake.set()
 
