@@ -31,6 +31,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def check_port(host: str, port: int) -> None:
+    """CLIError now (before loading the model) if ``host:port`` cannot be bound."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise CLIError(f"--host {host!r}: {e}") from None
+    fam, _, _, _, addr = infos[0]
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise CLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def run(args) -> int:
     from ..server import serve
     if not 0 < args.port < 65536:
@@ -39,6 +55,7 @@ def run(args) -> int:
         raise CLIError(f"--max-queue must be >= 1, got {args.max_queue}")
     if args.default_max_tokens < 1:
         raise CLIError(f"--default-max-tokens must be >= 1, got {args.default_max_tokens}")
+    check_port(args.host, args.port)
     adapters = adapter_specs(args.adapter)
     eng = load_engine(args.base, adapters, args, max_waiting=args.max_queue)
     if eng.is_encoder:
@@ -55,6 +72,7 @@ def run(args) -> int:
     try:
         serve(eng, host=args.host, port=args.port, log_level=args.log_level,
               default_max_tokens=args.default_max_tokens)
+        print("frod-rt serve: stopped", flush=True)
     finally:
         eng.close()
     return 0

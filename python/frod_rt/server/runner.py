@@ -2,6 +2,7 @@
 (``ServerThread``, for tests and for embedding a server in another program)."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -22,12 +23,33 @@ def _config(app, host, port, log_level):
                           timeout_graceful_shutdown=5, lifespan="on")
 
 
+def _server_class():
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server, except that after a graceful shutdown on SIGINT / SIGTERM it
+        returns normally instead of re-raising the signal (so ``frod-rt serve`` exits 0)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
+
+    return _Server
+
+
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
           default_max_tokens: int = 16) -> None:
-    """Serve ``engine`` until interrupted (Ctrl-C / SIGTERM stop it cleanly)."""
-    import uvicorn
+    """Serve ``engine`` until SIGINT / SIGTERM, which shut it down gracefully (requests in
+    flight are aborted) and return."""
     app = create_app(engine, default_max_tokens=default_max_tokens)
-    uvicorn.Server(_config(app, host, port, log_level)).run()
+    server = _server_class()(_config(app, host, port, log_level))
+    server.run()
+    if not server.started:
+        raise OSError(f"could not serve on {host}:{port} (see the log above)")
 
 
 class ServerThread:
