@@ -27,10 +27,23 @@ def _hf_greedy(model, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_each_adapter_matches_merged_hf(arch, tmp_path, gen):
     dt = torch.float64                       # exact enough that greedy tokens never tie-flip
-    if arch == "llama":
+    if arch == "qwen2":                      # biased q/k/v projections
+        import transformers
+        cfg = transformers.Qwen2Config(vocab_size=113, hidden_size=40, intermediate_size=56,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, initializer_range=0.1,
+                                       eos_token_id=None)
+        torch.manual_seed(4)
+        model = transformers.Qwen2ForCausalLM(cfg).to(dt).eval()
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    proj.bias.normal_(0, 0.1)
+        targets = [LLAMA_T, ["q_proj", "k_proj"], ["v_proj", "up_proj"]]
+    elif arch == "llama":
         model = toy_llama(vocab_size=113, hidden=40, eos_token_id=None, std=0.1, dtype=dt)
         targets = [LLAMA_T, ["q_proj", "v_proj"], ["gate_proj", "down_proj", "o_proj"]]
     else:
@@ -67,14 +80,17 @@ def test_batch_invariance_16_adapters(tmp_path, gen):
     names = [f"a{i % 16:02d}" if i % 3 else None for i in range(24)]
     sp = SamplingParams(max_tokens=6, ignore_eos=True)
 
-    def run(pairs):
-        ids = [eng.add_request(p, a, sp) for p, a in pairs]
-        seqs = [eng.get_sequence(i) for i in ids]
+    def run(pairs, stagger=False):
+        seqs = []
+        for j, (p, a) in enumerate(pairs):
+            seqs.append(eng.get_sequence(eng.add_request(p, a, sp)))
+            if stagger and j % 5 == 4:
+                eng.step()          # later requests prefill while earlier ones decode
         while eng.has_unfinished():
             eng.step()
         return [(s.output_ids, torch.stack(s.logits)) for s in seqs]
 
-    mixed = run(list(zip(prompts, names)))
+    mixed = run(list(zip(prompts, names)), stagger=True)
     for j in (0, 1, 2, 5, 7, 11, 23):
         alone = run([(prompts[j], names[j])])[0]
         assert alone[0] == mixed[j][0]
@@ -190,3 +206,58 @@ def test_adapter_file_broken_after_registration(tmp_path, gen):
     assert done == {ra: "abort", rb: "length"}
     assert "format_version" in seqs[ra].error
     assert eng.generate([1, 2, 3], adapter="c", max_tokens=3)[0].finish_reason == "length"
+
+
+def test_merge_hot_opt_in_matches_replace_form(tmp_path, gen):
+    model = toy_llama(vocab_size=97, hidden=32, intermediate=48, eos_token_id=None, std=0.1)
+    for i in range(3):
+        random_adapter(model, tmp_path / f"h{i}", LLAMA_T if i else ["q_proj", "v_proj"],
+                       seed=i, cache_dir=tmp_path)
+    dirs = [tmp_path / f"h{i}" for i in range(3)]
+    plain = Engine.load(model, adapters=dirs, cache_dir=tmp_path, record_logits=True)
+    hot = Engine.load(model, adapters=dirs, cache_dir=tmp_path, record_logits=True,
+                      merge_hot=["h0", "h2"], device_adapter_capacity=2)
+    prompts = _prompts(9, 97, gen)
+    names = ["h0", None, "h1", "h2", "h0", "h1", None, "h2", "h0"]
+    sp = SamplingParams(max_tokens=6, ignore_eos=True)
+
+    def run(eng):
+        ids = [eng.add_request(p, a, sp) for p, a in zip(prompts, names)]
+        seqs = [eng.get_sequence(i) for i in ids]
+        while eng.has_unfinished():
+            eng.step()
+        return seqs
+
+    for a, b in zip(run(plain), run(hot)):
+        assert a.output_ids == b.output_ids
+        torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=2e-4,
+                                   rtol=1e-3)
+    # merged weights exist only for hot adapters on the device, and go with eviction
+    merged = [lt.merged for lt in hot.pool.tables.values()]
+    assert any(merged) and all(len(m) <= 2 for m in merged)
+    hot_slots = {e.slot for e in hot.pool.entries.values() if e.name in ("h0", "h2")
+                 and e.slot >= 0}
+    assert all(set(m) <= hot_slots for m in merged)
+
+
+def test_mixed_patterns_in_one_batch(tmp_path, gen):
+    """Default patterns, a non-zero pattern seed, another sparse rate (longer k) and imported
+    rows/cols all served in one batch (per-adapter index tables), each equal to its merge."""
+    dt = torch.float64
+    model = toy_llama(vocab_size=89, hidden=32, intermediate=40, eos_token_id=None, std=0.1,
+                      dtype=dt)
+    kinds = {"std": {}, "seeded": {"pattern_seed": 7}, "dense": {"sparse_rate": 0.2},
+             "imported": {"explicit_pattern": True}}
+    files = {n: random_adapter(model, tmp_path / n, ["q_proj", "v_proj", "down_proj"], seed=i,
+                               cache_dir=tmp_path, **kw)
+             for i, (n, kw) in enumerate(kinds.items())}
+    eng = Engine.load(model, adapters={n: tmp_path / n for n in kinds}, cache_dir=tmp_path)
+    prompts = _prompts(8, 89, gen)
+    names = list(kinds) * 2
+    res = eng.generate(prompts, adapters=names, max_tokens=6, ignore_eos=True)
+    for p, n, r in zip(prompts, names, res):
+        m = copy.deepcopy(model)
+        load_merged(m, merged_weights(m, files[n], cache_dir=tmp_path))
+        assert r.token_ids == _hf_greedy(m, p, 6), n
+    lt = eng.pool.tables["model.layers.0.self_attn.q_proj"]
+    assert len({k for k in lt.slot_key if k is not None}) == 4

@@ -11,14 +11,14 @@ __version__ = "0.1.0"
 
 __all__ = ["ops", "cuda_kernels_built", "__version__"]
 
-# serving engine (python/frod_rt/engine; transformers is imported lazily)
-from .engine import Engine, SamplingParams  # noqa: E402
-
-__all__ += ["Engine", "SamplingParams"]
-
 # The FRoD method (decomposition, trainable layers, adapter files).
 from .method import (AdapterError, Decomposition, FrodConfig, FrodModel, decompose,  # noqa: E402
                      get_frod_model, read_adapter, write_adapter)
 
 __all__ += ["decompose", "Decomposition", "FrodConfig", "get_frod_model", "FrodModel",
             "read_adapter", "write_adapter", "AdapterError"]
+
+# serving engine (python/frod_rt/engine; transformers is imported lazily)
+from .engine import Engine, SamplingParams  # noqa: E402
+
+__all__ += ["Engine", "SamplingParams"]

@@ -43,6 +43,7 @@ _LIMITS = {
     "host_adapter_capacity": 256,   # parsed adapters kept in host memory
     "cache_dir": None,              # decomposition cache directory
     "progress": False,              # progress bar while decomposing
+    "merge_hot": (),                # adapter names served with a merged weight (opt-in)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
 }
 
@@ -62,6 +63,16 @@ def _load_hf(path: Path, dtype, device):
     return model
 
 
+def _as_dtype(dtype):
+    """None, a torch.dtype or its name ("bfloat16", "torch.float16") -> torch.dtype | None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    got = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(got, torch.dtype) or not got.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch dtype or its name, got {dtype!r}")
+    return got
+
+
 class Engine:
     """Serves a base model and any number of FRoD adapters (see ``Engine.load``)."""
 
@@ -74,10 +85,7 @@ class Engine:
         lim = dict(_LIMITS, **limits)
         self.limits = lim
         self.device = torch.device(device)
-        if dtype is not None and not isinstance(dtype, torch.dtype):
-            dtype = getattr(torch, str(dtype).replace("torch.", ""), None)
-            if not isinstance(dtype, torch.dtype):
-                raise TypeError(f"dtype: expected a torch dtype or its name, got {limits!r}")
+        dtype = _as_dtype(dtype)
         model = model.to(device=self.device, dtype=dtype) if dtype is not None else \
             model.to(self.device)
         model.eval().requires_grad_(False)
@@ -91,7 +99,8 @@ class Engine:
         self.pool = AdapterManager(model, self.device, self.dtype,
                                    device_capacity=int(lim["device_adapter_capacity"]),
                                    host_capacity=int(lim["host_adapter_capacity"]),
-                                   cache_dir=lim["cache_dir"], progress=bool(lim["progress"]))
+                                   cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
+                                   merge_hot=lim["merge_hot"])
         self._lock = threading.Lock()            # guards the incoming / abort queues
         self._model_lock = threading.RLock()     # one forward at a time
         self._incoming: deque[Sequence] = deque()
@@ -153,6 +162,7 @@ class Engine:
                 kv_cache_tokens / kv_blocks, block_size, device_adapter_capacity, ...).
         """
         base_name = None
+        dtype = _as_dtype(dtype)
         if isinstance(base, (str, os.PathLike)):
             path = Path(base)
             if not path.is_dir():
@@ -187,6 +197,8 @@ class Engine:
     def add_adapter(self, name: str, path) -> None:
         """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
         FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
+        if name == self.base_name:
+            raise ValueError(f"adapter name {name!r} is the base model's name")
         self.pool.add(name, path)
 
     def remove_adapter(self, name: str) -> None:
@@ -270,7 +282,7 @@ class Engine:
             return bool(self._incoming or self._aborts) or self.scheduler.has_unfinished()
 
     def get_sequence(self, request_id: str) -> Sequence | None:
-        """The live Sequence of a request (until its result is collected)."""
+        """The live Sequence of a request (None once it has finished)."""
         return self._seqs.get(request_id)
 
     # ---- one step -------------------------------------------------------------------------
@@ -284,6 +296,8 @@ class Engine:
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
         outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason))
+        with self._lock:
+            self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
         if reason == "abort":
             self.counters["requests_aborted_total"] += 1
@@ -347,8 +361,8 @@ class Engine:
         return outs
 
     # ---- offline helpers -------------------------------------------------------------------
-    def _result(self, seq: Sequence) -> GenerationResult:
-        self._seqs.pop(seq.request_id, None)
+    @staticmethod
+    def _result(seq: Sequence) -> GenerationResult:
         return GenerationResult(seq.request_id, seq.adapter, seq.prompt, seq.text,
                                 seq.output_ids, seq.finish_reason or "abort", seq.prompt_len,
                                 seq.timings())
@@ -376,10 +390,11 @@ class Engine:
         sp = SamplingParams.build(sampling, **sampling_kw)
         for a in alist:
             self._check_adapter(a)
-        ids = []
+        ids, seqs = [], {}
         try:
             for p, a in zip(plist, alist):
                 ids.append(self.add_request(p, a, sp))
+                seqs[ids[-1]] = self._seqs[ids[-1]]
         except Exception:
             for rid in ids:
                 self.abort_request(rid)
@@ -397,7 +412,7 @@ class Engine:
                         bar.update(1)
         if bar is not None:
             bar.close()
-        return [self._result(self._seqs[r]) for r in ids]
+        return [self._result(seqs[r]) for r in ids]
 
     def stream(self, prompt, adapter=None, sampling=None, **sampling_kw
                ) -> Iterator[RequestOutput]:
