@@ -185,6 +185,18 @@ def test_multiple_prompts_one_request(server, reference):
     refs = reference.generate(ps, adapter="ad3", max_tokens=5)
     assert [c["index"] for c in r["choices"]] == [0, 1, 2]
     assert [c["text"] for c in r["choices"]] == [x.text for x in refs]
+    assert r["usage"]["prompt_tokens"] == sum(x.prompt_tokens for x in refs)
+    # token-id prompts, one token each: usage still counts the prompts exactly
+    ids = [reference.tokenizer(p)["input_ids"] for p in ps]
+    r = httpx.post(server.url + "/v1/completions",
+                   json={"model": "ad3", "prompt": ids, "max_tokens": 1, "temperature": 0},
+                   timeout=60).json()
+    refs1 = reference.generate(ids, adapter="ad3", max_tokens=1)
+    assert [c["text"] for c in r["choices"]] == [x.text for x in refs1]
+    assert r["usage"] == {"prompt_tokens": sum(map(len, ids)),
+                          "completion_tokens": sum(len(x.token_ids) for x in refs1),
+                          "total_tokens": sum(map(len, ids)) + sum(len(x.token_ids)
+                                                                   for x in refs1)}
 
 
 def test_load_and_unload_at_run_time(client, server, reference, toy):

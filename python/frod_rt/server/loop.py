@@ -112,12 +112,25 @@ class EngineLoop:
             raise EngineFailure("the engine loop is not running")
         aloop = asyncio.get_running_loop()
         q: asyncio.Queue = queue if queue is not None else asyncio.Queue()
+        ids = self._token_ids(prompt)
         with self._lock:                   # register before the thread can see the request
-            rid = self.engine.add_request(prompt, adapter, sampling)
+            rid = self.engine.add_request(ids, adapter, sampling)
             self._handles[rid] = (aloop, q)
-        seq = self.engine.get_sequence(rid) if hasattr(self.engine, "get_sequence") else None
         self._wake.set()
-        return Handle(rid, q, prompt_tokens=getattr(seq, "prompt_len", 0) or 0)
+        return Handle(rid, q, prompt_tokens=len(ids))
+
+    def _token_ids(self, prompt) -> list[int]:
+        """Text prompts are tokenized here exactly as ``Engine.add_request`` would
+        (``tokenizer(text)["input_ids"]``), so the prompt's token count is known without
+        reading the engine's sequence, which a fast step may already have retired."""
+        if isinstance(prompt, str):
+            if self.engine.tokenizer is None:
+                raise ValueError("prompt: text needs a tokenizer; send token ids")
+            return list(self.engine.tokenizer(prompt)["input_ids"])
+        if isinstance(prompt, (list, tuple)) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return list(prompt)
+        raise ValueError("prompt: expected a string or a list of token ids")
 
     def abort(self, request_id: str) -> None:
         """Abort a request (thread-safe; unknown or finished ids are ignored)."""
