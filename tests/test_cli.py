@@ -15,13 +15,15 @@ import httpx
 import openai
 import pytest
 
+import frod_rt
 from frod_rt.cli import main
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
 from frod_rt.server import free_port
 
-PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
+# the child processes import the same frod_rt as this one (installed or in-tree)
+PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
 COMMANDS = ["decompose", "train", "inspect", "generate", "serve"]
 
 
