@@ -364,6 +364,20 @@ def test_overload_429_and_disconnect_abort(toy):
             assert time.monotonic() < deadline, "request was not aborted"
             time.sleep(0.05)
         assert eng.stats()["running"] == 0
+
+        # a non-streaming client that gives up (times out) is noticed and aborted as well
+        loop.pause()
+        seen = loop.aborts_total
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/completions", json=dict(body, max_tokens=50), timeout=0.5)
+        deadline = time.monotonic() + 30
+        while loop.aborts_total == seen:
+            assert time.monotonic() < deadline, "disconnect was not noticed"
+            time.sleep(0.05)
+        loop.resume()
+        while _metric(srv, "requests_aborted_total") < aborted + 2:
+            assert time.monotonic() < deadline, "request was not aborted"
+            time.sleep(0.05)
         r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
         assert r.status_code == 200
     eng.close()
