@@ -1,0 +1,407 @@
+"""Adapter pools: registry, host (CPU) pool, device pool with slots, background loading.
+
+* Registry: every adapter added by name (its directory). ``add`` reads and validates the
+  file synchronously (``read_adapter`` + ``check_against`` the base decomposition), so a bad
+  adapter is refused with a clear ``AdapterError`` and nothing already loaded changes.
+* Host pool: parsed adapter files on the CPU, LRU, ``host_capacity`` entries. An adapter
+  evicted from it is re-read from disk by a background thread when a request needs it.
+* Device pool: ``device_capacity`` slots. Per adapted layer the tables ``ldl`` (A_slots, n)
+  = l + dl and ``s`` (A_slots, k) are allocated once; a batch indexes slots. A slot is pinned
+  while a running request uses it; unpinned slots are evicted LRU.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from .errors import UnknownAdapterError
+from .scheduler import AdapterUnavailable
+
+_PAD = (0, 1)   # an off-diagonal (row, col) used to pad patterns; its value is always 0
+
+
+class _Entry:
+    """One registered adapter."""
+
+    def __init__(self, name: str, path: Path, file):
+        self.name = name
+        self.path = path
+        self.file = file               # AdapterFile while in the host pool, else None
+        self.layers = sorted(file.layers)
+        self.slot = -1
+        self.pins = 0
+        self.removed = False
+        self.loading = None            # Future while re-read from disk
+        self.error: str | None = None  # set when a background re-read failed
+
+
+class _CategoryPatterns:
+    """Sparse patterns of one category, per slot. ``kcap`` is the widest k of any slot."""
+
+    def __init__(self, key: str, n: int, A: int, k: int, device):
+        self.key, self.n, self.A, self.device = key, n, A, device
+        self.kcap = k
+        self.layers: list["LayerTables"] = []
+        self.slot_key: list = [None] * A
+        self.slot_k = [0] * A
+        self.rows_slots = torch.full((A, k), _PAD[0], dtype=torch.int32, device=device)
+        self.cols_slots = torch.full((A, k), _PAD[1], dtype=torch.int32, device=device)
+        self.shared: dict = {}                         # pattern key -> (rows, cols) (k,)
+
+    def grow(self, k: int) -> None:
+        if k <= self.kcap:
+            return
+        pad = k - self.kcap
+        self.rows_slots = torch.cat([self.rows_slots, torch.full(
+            (self.A, pad), _PAD[0], dtype=torch.int32, device=self.device)], 1)
+        self.cols_slots = torch.cat([self.cols_slots, torch.full(
+            (self.A, pad), _PAD[1], dtype=torch.int32, device=self.device)], 1)
+        for lt in self.layers:
+            lt.s = torch.cat([lt.s, lt.s.new_zeros(self.A, pad)], 1)
+        self.kcap = k
+
+    def set_slot(self, a: int, key, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        k = rows.shape[0]
+        self.grow(k)
+        self.rows_slots[a].fill_(_PAD[0])
+        self.cols_slots[a].fill_(_PAD[1])
+        self.rows_slots[a, :k] = rows.to(self.device)
+        self.cols_slots[a, :k] = cols.to(self.device)
+        self.slot_key[a] = key
+        self.slot_k[a] = k
+        if key not in self.shared and k == self.kcap:
+            self.shared[key] = (rows.to(self.device, torch.int32).contiguous(),
+                                cols.to(self.device, torch.int32).contiguous())
+
+
+class LayerTables:
+    """Device tables of one adapted layer: the base basis and the per-slot values.
+
+    V (n, n) of the layer's category, U (out, n), l (n,); ``ldl`` (A, n) holds l + dl per
+    slot, ``s`` (A, kcap) the sparse values (zero-padded); ``target_slots`` the slots whose
+    adapter targets this layer.
+    """
+
+    def __init__(self, name: str, V, U, l, cat: _CategoryPatterns, A: int):
+        self.name, self.V, self.U, self.l, self.cat = name, V, U, l, cat
+        self.ldl = l.new_zeros(A, l.shape[0])
+        self.s = l.new_zeros(A, cat.kcap)
+        self.target_slots: set[int] = set()
+        cat.layers.append(self)
+
+    def pattern(self, slots) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) for a rotate_segments call over ``slots``: the shared (k,) pattern
+        when all of them use one, else the per-slot (A, kcap) tables."""
+        keys = {self.cat.slot_key[a] for a in slots}
+        if len(keys) == 1:
+            shared = self.cat.shared.get(next(iter(keys)))
+            if shared is not None:
+                return shared
+        return self.cat.rows_slots, self.cat.cols_slots
+
+
+class AdapterManager:
+    """Registry + host pool + device pool (see module docstring).
+
+    Args:
+        model: the loaded HF base model (for the decomposition).
+        device, dtype: where and in which dtype the tables live.
+        device_capacity: adapter slots on the device (A_slots).
+        host_capacity: parsed adapters kept on the CPU.
+        cache_dir: decomposition cache (None: the method's default).
+    """
+
+    def __init__(self, model, device, dtype, device_capacity: int = 16,
+                 host_capacity: int = 64, cache_dir=None, progress: bool = False):
+        if device_capacity < 1:
+            raise ValueError(f"device_adapter_capacity: expected >= 1, got {device_capacity}")
+        if host_capacity < 1:
+            raise ValueError(f"host_adapter_capacity: expected >= 1, got {host_capacity}")
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.A = device_capacity
+        self.host_capacity = host_capacity
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.lock = threading.RLock()
+        self.entries: dict[str, _Entry] = {}
+        self.host_lru: OrderedDict[str, None] = OrderedDict()
+        self.slot_entry: list[_Entry | None] = [None] * self.A
+        self.device_lru: OrderedDict[int, None] = OrderedDict()   # unpinned resident slots
+        self.decomposition = None          # on CPU, float64-free: model dtype
+        self.targets: list[str] = []
+        self.tables: dict[str, LayerTables] = {}
+        self.categories: dict[str, _CategoryPatterns] = {}
+        self._V: dict[str, torch.Tensor] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frod-adapter-load")
+        self.evictions_total = 0
+        self.host_evictions_total = 0
+        self.loads_total = 0             # host -> device copies
+        self.disk_reads_total = 0
+
+    # ---- registry --------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        with self.lock:
+            return sorted(self.entries)
+
+    def __contains__(self, name) -> bool:
+        return name in self.entries
+
+    def _decomposition_for(self, file):
+        """The base decomposition covering ``file``'s layers (recomputed over the union of
+        target modules when a new adapter targets more)."""
+        from ..method.decompose import decompose
+        need = [n for n in file.layers]
+        d = self.decomposition
+        if d is not None and all(n in d.layers for n in need):
+            return d
+        targets = list(dict.fromkeys(self.targets + list(file.config.target_modules)))
+        d_new = decompose(self.model, targets, alpha=file.config.alpha,
+                          cache_dir=self.cache_dir, progress=self.progress)
+        return d_new
+
+    def _read(self, name: str, path: Path):
+        from ..method.adapter_io import check_against, read_adapter
+        f = read_adapter(path, name=name)
+        with self.lock:
+            d = self._decomposition_for(f)
+        check_against(f, d)
+        return f, d
+
+    def add(self, name: str, path) -> None:
+        """Register adapter ``name`` from directory ``path`` (read + validated now)."""
+        from ..method.adapter_io import AdapterError
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"adapter name: expected a non-empty string without '/', got {name!r}")
+        p = Path(path)
+        if not p.is_dir():
+            raise FileNotFoundError(f"adapter {name!r}: directory not found: {p}")
+        with self.lock:
+            if name in self.entries:
+                raise ValueError(f"adapter {name!r} is already loaded; remove it first")
+        try:
+            f, d = self._read(name, p)
+        except AdapterError as e:
+            raise type(e)(f"adapter {name!r} ({p}) refused: {e}") from e
+        with self.lock:
+            if name in self.entries:
+                raise ValueError(f"adapter {name!r} is already loaded; remove it first")
+            if d is not self.decomposition:
+                self._adopt(d)
+            e = _Entry(name, p, f)
+            self.entries[name] = e
+            self._host_insert(e)
+
+    def remove(self, name: str) -> None:
+        """Unregister ``name``. Requests already running with it finish; queued ones abort."""
+        with self.lock:
+            e = self.entries.pop(name, None)
+            if e is None:
+                raise UnknownAdapterError(name, self.entries)
+            e.removed = True
+            self.host_lru.pop(name, None)
+            e.file = None
+            if e.slot >= 0 and e.pins == 0:
+                self._free_slot(e.slot)
+
+    def _adopt(self, d) -> None:
+        """Switch to a decomposition covering more layers; bases of layers already served must
+        be identical (they are: a category's basis depends only on its own weights)."""
+        for name, lt in self.tables.items():
+            lb = d.layers.get(name)
+            if lb is None or not torch.equal(lb.U.to(self.device, self.dtype), lt.U):
+                raise ValueError(f"layer {name}: the new base decomposition does not match the "
+                                 "one in use; cannot serve both adapters")
+        self.decomposition = d
+        self.targets = list(d.target_modules)
+
+    # ---- host pool ---------------------------------------------------------------------------
+    def _host_insert(self, e: _Entry) -> None:
+        self.host_lru[e.name] = None
+        self.host_lru.move_to_end(e.name)
+        while len(self.host_lru) > self.host_capacity:
+            victim, _ = self.host_lru.popitem(last=False)
+            ve = self.entries.get(victim)
+            if ve is not None:
+                ve.file = None
+                self.host_evictions_total += 1
+
+    def prefetch(self, name: str | None) -> None:
+        """Make sure ``name`` is (being) read into the host pool, off the hot path."""
+        if name is None:
+            return
+        with self.lock:
+            e = self.entries.get(name)
+            if e is None or e.file is not None or e.slot >= 0 or e.loading is not None:
+                return
+            e.error = None
+            e.loading = self._loader.submit(self._background_read, e)
+
+    def _background_read(self, e: _Entry) -> None:
+        try:
+            f, _ = self._read(e.name, e.path)
+            err = None
+        except Exception as exc:       # noqa: BLE001 - reported to the waiting requests
+            f, err = None, f"adapter {e.name!r} could not be re-read from {e.path}: {exc}"
+        with self.lock:
+            e.loading = None
+            self.disk_reads_total += 1
+            if e.removed:
+                return
+            if err is not None:
+                e.error = err
+                return
+            e.file = f
+            self._host_insert(e)
+
+    # ---- device pool -----------------------------------------------------------------------
+    def acquire(self, name: str | None) -> int | None:
+        """Pin ``name`` on the device for a request. Returns its slot (-1 for the base model),
+        None when it is not ready yet (loading, or every slot pinned); raises
+        AdapterUnavailable when it never will be (removed, or its file went bad)."""
+        if name is None:
+            return -1
+        with self.lock:
+            e = self.entries.get(name)
+            if e is None:
+                raise AdapterUnavailable(f"adapter {name!r} was removed")
+            if e.slot >= 0:
+                if e.pins == 0:
+                    self.device_lru.pop(e.slot, None)
+                e.pins += 1
+                return e.slot
+            if e.error is not None:
+                err = e.error
+                e.error = None          # a later request may retry the read
+                raise AdapterUnavailable(err)
+            if e.file is None:
+                self.prefetch(name)
+                return None
+            slot = self._free_slot_index()
+            if slot is None:
+                return None
+            self._fill(slot, e)
+            e.slot = slot
+            e.pins = 1
+            self.slot_entry[slot] = e
+            self.host_lru.move_to_end(name)
+            return slot
+
+    def release(self, slot: int) -> None:
+        """Unpin a slot acquired by a request that finished or was preempted."""
+        if slot < 0:
+            return
+        with self.lock:
+            e = self.slot_entry[slot]
+            if e is None:
+                return
+            e.pins -= 1
+            if e.pins == 0:
+                if e.removed:
+                    self._free_slot(slot)
+                else:
+                    self.device_lru[slot] = None
+
+    def _free_slot_index(self) -> int | None:
+        for a in range(self.A):
+            if self.slot_entry[a] is None:
+                return a
+        if not self.device_lru:
+            return None
+        a, _ = self.device_lru.popitem(last=False)
+        self._free_slot(a)
+        self.evictions_total += 1
+        return a
+
+    def _free_slot(self, a: int) -> None:
+        e = self.slot_entry[a]
+        if e is None:
+            return
+        for name in e.layers:
+            lt = self.tables.get(name)
+            if lt is not None:
+                lt.target_slots.discard(a)
+        self.device_lru.pop(a, None)
+        e.slot = -1
+        self.slot_entry[a] = None
+
+    def _layer_tables(self, name: str) -> LayerTables:
+        lt = self.tables.get(name)
+        if lt is not None:
+            return lt
+        d = self.decomposition
+        lb = d.layers[name]
+        cat = d.categories[lb.category]
+        V = self._V.get(cat.key)
+        if V is None:
+            V = cat.V.to(self.device, self.dtype).contiguous()
+            self._V[cat.key] = V
+        cp = self.categories.get(cat.key)
+        if cp is None:
+            cp = _CategoryPatterns(cat.key, cat.in_features, self.A, 1, self.device)
+            self.categories[cat.key] = cp
+        lt = LayerTables(name, V, lb.U.to(self.device, self.dtype).contiguous(),
+                         lb.l.to(self.device, self.dtype), cp, self.A)
+        self.tables[name] = lt
+        return lt
+
+    def _fill(self, a: int, e: _Entry) -> None:
+        """Copy adapter ``e`` into slot ``a`` of every layer table it targets."""
+        from ..method.patterns import sparse_pattern
+        f = e.file
+        seen_cat = set()
+        for name in e.layers:
+            delta = f.layers[name]
+            lt = self._layer_tables(name)
+            cp = lt.cat
+            if cp.key not in seen_cat:
+                seen_cat.add(cp.key)
+                if delta.rows is not None:
+                    key = ("own", e.name, id(f), cp.key)
+                    rows, cols = delta.rows, delta.cols
+                else:
+                    k = int(delta.s.shape[0])
+                    key = ("std", f.config.base_fingerprint, cp.key, k)
+                    rows, cols = sparse_pattern(f.config.base_fingerprint, cp.key, cp.n, k)
+                cp.set_slot(a, key, rows.to(torch.int32), cols.to(torch.int32))
+            k = int(delta.s.shape[0])
+            lt.ldl[a] = (lt.l.double() + delta.dl.double().to(self.device)).to(self.dtype)
+            lt.s[a].zero_()
+            lt.s[a, :k] = delta.s.to(self.device, self.dtype)
+            lt.target_slots.add(a)
+        self.loads_total += 1
+
+    def layer_tables(self, name: str) -> LayerTables | None:
+        """Tables of layer ``name``, or None when no adapter ever targeted it."""
+        return self.tables.get(name)
+
+    def ensure_host(self, name: str, timeout: float | None = None) -> None:
+        """Block until ``name`` is in the host pool (used by embed/classify)."""
+        self.prefetch(name)
+        with self.lock:
+            e = self.entries.get(name)
+            fut = e.loading if e is not None else None
+        if fut is not None:
+            fut.result(timeout)
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {
+                "adapters_loaded": len(self.entries),
+                "adapters_on_device": sum(1 for x in self.slot_entry if x is not None),
+                "adapters_on_host": sum(1 for e in self.entries.values() if e.file is not None),
+                "adapters_pinned": sum(1 for x in self.slot_entry if x is not None and x.pins),
+                "adapter_slots": self.A,
+                "adapter_evictions_total": self.evictions_total,
+                "adapter_host_evictions_total": self.host_evictions_total,
+                "adapter_device_loads_total": self.loads_total,
+                "adapter_disk_reads_total": self.disk_reads_total,
+            }
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)

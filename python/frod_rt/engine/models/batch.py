@@ -1,0 +1,108 @@
+"""Per-step inputs of a forward pass, passed explicitly (no global context object)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class AttnBatch:
+    """Where each sequence's rows are in the flat token batch and where its K/V live.
+
+    Sequence i owns rows ``starts[i]:starts[i]+q_lens[i]`` of the batch; its queries sit at
+    positions ``ctx_lens[i]-q_lens[i] .. ctx_lens[i]-1`` and attend to the first
+    ``ctx_lens[i]`` cached positions (causally when ``causal``). ``block_tables[i]`` is an
+    int64 tensor of its KV blocks; ``slot_mapping`` (T,) gives the flat cache slot
+    (block * block_size + offset) each new token's K/V is written to. Encoders set
+    ``kv_cache=None`` and attend within the batch rows only.
+    """
+    starts: list[int]
+    q_lens: list[int]
+    ctx_lens: list[int]
+    causal: bool = True
+    block_tables: list[torch.Tensor] | None = None
+    slot_mapping: torch.Tensor | None = None
+    kv_cache: object | None = None      # block_manager.KVCache
+    _masks: dict = field(default_factory=dict)
+
+    def causal_mask(self, q_len: int, ctx_len: int, device) -> torch.Tensor | None:
+        """Bool mask (q_len, ctx_len), True = may attend; None when no masking is needed."""
+        if not self.causal or q_len == 1:
+            return None
+        key = (q_len, ctx_len)
+        m = self._masks.get(key)
+        if m is None:
+            qpos = torch.arange(ctx_len - q_len, ctx_len, device=device)[:, None]
+            kpos = torch.arange(ctx_len, device=device)[None, :]
+            m = kpos <= qpos
+            self._masks[key] = m
+        return m
+
+
+class AdapterBatch:
+    """Which adapter slot each row of the flat batch uses (-1 = base model).
+
+    Rows arrive grouped by slot (base rows first). For each adapted layer the plan splits
+    rows into those computed with the base weight ``W`` (base rows and rows whose adapter does
+    not target the layer) and those computed in the 'replace' form
+    ``Y = (Z*(l+dl) + S Z) U^T + b`` with ``Z = X V``; plans are cached per distinct set of
+    targeting slots, so layers of the same role share one.
+    """
+
+    def __init__(self, row_slots: list[int], pool, device):
+        self.pool = pool
+        self.device = device
+        self.num_rows = len(row_slots)
+        # run-length encode the row slots
+        self.runs: list[tuple[int, int, int]] = []      # (start, end, slot)
+        for t, a in enumerate(row_slots):
+            if self.runs and self.runs[-1][2] == a and self.runs[-1][1] == t:
+                s0, _, _ = self.runs[-1]
+                self.runs[-1] = (s0, t + 1, a)
+            else:
+                self.runs.append((t, t + 1, a))
+        self.slots_present = sorted({a for a in row_slots if a >= 0})
+        self._plans: dict = {}
+
+    @property
+    def any_adapted(self) -> bool:
+        return bool(self.slots_present)
+
+    def plan(self, targets: frozenset[int]) -> "RowPlan":
+        """Row split for a layer targeted by the adapters in slots ``targets``."""
+        key = frozenset(a for a in self.slots_present if a in targets)
+        p = self._plans.get(key)
+        if p is None:
+            p = RowPlan(self.runs, key, self.device)
+            self._plans[key] = p
+        return p
+
+
+class RowPlan:
+    """W rows vs replace rows of one layer. ``w_rows``/``r_rows`` are slices when the rows
+    are contiguous, else int64 index tensors; ``seg_indptr``/``seg_slot`` (int32) index the
+    replace rows after gathering."""
+
+    def __init__(self, runs, adapted: frozenset[int], device):
+        w_runs = [(s, e) for s, e, a in runs if a not in adapted]
+        r_runs = [(s, e, a) for s, e, a in runs if a in adapted]
+        self.num_r = sum(e - s for s, e, _ in r_runs)
+        self.num_w = sum(e - s for s, e in w_runs)
+        self.contiguous = all(r_runs[0][0] >= e for s, e in w_runs) if r_runs else True
+        if self.contiguous:
+            split = r_runs[0][0] if r_runs else sum(e - s for s, e, _ in runs)
+            self.w_rows = slice(0, split)
+            self.r_rows = slice(split, split + self.num_r)
+        else:
+            self.w_rows = torch.cat([torch.arange(s, e) for s, e in w_runs]).to(device) \
+                if w_runs else None
+            self.r_rows = torch.cat([torch.arange(s, e) for s, e, _ in r_runs]).to(device)
+        indptr, slots, t = [0], [], 0
+        for s, e, a in r_runs:
+            t += e - s
+            indptr.append(t)
+            slots.append(a)
+        self.seg_indptr = torch.tensor(indptr, dtype=torch.int32, device=device)
+        self.seg_slot = torch.tensor(slots, dtype=torch.int32, device=device)
+        self.slots = sorted(adapted)

@@ -1,0 +1,96 @@
+"""Building blocks shared by the model forwards: the FRoD-routed linear layer and paged
+attention."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...ops import rotate_segments
+from .batch import AdapterBatch, AttnBatch
+
+
+def linear_out_in(module) -> torch.Tensor:
+    """(out, in) weight of an nn.Linear, or a transposed view of a transformers Conv1D."""
+    if isinstance(module, torch.nn.Linear):
+        return module.weight
+    if type(module).__name__ == "Conv1D":          # transformers.pytorch_utils.Conv1D (in, out)
+        return module.weight.t()
+    raise TypeError(f"unsupported linear module type {type(module).__name__}")
+
+
+class AdaptedLinear:
+    """A base linear layer whose rows may be adapted, per row, by FRoD adapters.
+
+    Row ``t`` with no adapter (or whose adapter does not target this layer) computes
+    ``x W^T + b``. Row ``t`` of an adapter ``a`` that targets the layer computes the 'replace'
+    form of ``x W'_a^T + b``, ``W'_a = U (diag(l + dl_a) + S_a) V^T``::
+
+        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_segments) ;  y = H U^T + b
+
+    The GEMMs ``X V`` and ``H U^T`` are shared by all adapted rows of the batch, and the row
+    split depends only on each row's own adapter (batch invariance).
+    """
+
+    def __init__(self, name: str, module):
+        self.name = name
+        self.weight = linear_out_in(module)            # (out, in), a view of the HF weight
+        self.bias = module.bias
+        self.out_features, self.in_features = self.weight.shape
+
+    def __call__(self, x: torch.Tensor, ab: AdapterBatch | None) -> torch.Tensor:
+        if ab is None or not ab.any_adapted:
+            return F.linear(x, self.weight, self.bias)
+        lt = ab.pool.layer_tables(self.name)
+        if lt is None:
+            return F.linear(x, self.weight, self.bias)
+        plan = ab.plan(lt.target_slots)
+        if plan.num_r == 0:
+            return F.linear(x, self.weight, self.bias)
+        rows, cols = lt.pattern(plan.slots)
+        xr = x[plan.r_rows]
+        z = xr @ lt.V
+        h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, lt.ldl, lt.s, rows, cols)
+        yr = F.linear(h, lt.U, self.bias)
+        if plan.num_w == 0:
+            return yr
+        yw = F.linear(x[plan.w_rows], self.weight, self.bias)
+        if plan.contiguous:
+            return torch.cat([yw, yr], 0)
+        y = torch.empty(x.shape[0], self.out_features, dtype=yr.dtype, device=yr.device)
+        y.index_copy_(0, plan.w_rows, yw)
+        y.index_copy_(0, plan.r_rows, yr)
+        return y
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, attn: AttnBatch,
+              scale: float) -> torch.Tensor:
+    """Multi-head attention of the flat batch, one sequence at a time.
+
+    q: (T, Hq, D); k, v: (T, Hkv, D) for the batch's new tokens. With a KV cache the new K/V
+    are written to their slots first and every sequence attends to its gathered blocks;
+    without one (encoders) each sequence attends to its own rows. Returns (T, Hq * D).
+    Each sequence is computed alone, so its result does not depend on its batch mates.
+    """
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    cache = attn.kv_cache
+    if cache is not None:
+        kc, vc = cache.k[layer], cache.v[layer]                      # (NB, bs, Hkv, D)
+        kc.view(-1, Hkv, D).index_copy_(0, attn.slot_mapping, k)
+        vc.view(-1, Hkv, D).index_copy_(0, attn.slot_mapping, v)
+    out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
+    gqa = Hq != Hkv
+    for i, s in enumerate(attn.starts):
+        ql, cl = attn.q_lens[i], attn.ctx_lens[i]
+        if cache is None or cl == ql:
+            ki, vi = k[s:s + ql], v[s:s + ql]
+        else:
+            bt = attn.block_tables[i]
+            ki = kc[bt].reshape(-1, Hkv, D)[:cl]
+            vi = vc[bt].reshape(-1, Hkv, D)[:cl]
+        mask = attn.causal_mask(ql, cl, q.device)
+        o = F.scaled_dot_product_attention(
+            q[s:s + ql].transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1),
+            attn_mask=mask, scale=scale, enable_gqa=gqa)
+        out[s:s + ql] = o.transpose(0, 1)
+    return out.reshape(T, Hq * D)

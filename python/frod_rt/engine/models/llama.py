@@ -1,0 +1,74 @@
+"""Forward of Llama-family decoders (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM)
+over a flat token batch with the paged KV cache; linear layers routed through FRoD."""
+from __future__ import annotations
+
+import torch
+from transformers.activations import ACT2FN
+
+from .batch import AdapterBatch, AttnBatch
+from .layers import AdaptedLinear, attention
+
+_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+class LlamaModel:
+    """Wraps a loaded HF Llama-family model (its weights are used in place, not copied)."""
+
+    ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+
+    def __init__(self, hf):
+        self.hf = hf
+        cfg = hf.config
+        self.config = cfg
+        core = hf.model
+        self.embed = core.embed_tokens
+        self.norm = core.norm
+        self.rotary = core.rotary_emb
+        self.lm_head = hf.lm_head
+        self.num_layers = cfg.num_hidden_layers
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+        self.scale = self.head_dim ** -0.5
+        self.act = ACT2FN[cfg.hidden_act]
+        names = {id(m): n for n, m in hf.named_modules()}
+        self.layers = []
+        for layer in core.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            d = {p: AdaptedLinear(names[id(getattr(at, p))], getattr(at, p)) for p in _PROJ}
+            d.update({p: AdaptedLinear(names[id(getattr(mlp, p))], getattr(mlp, p)) for p in _MLP})
+            d["ln1"], d["ln2"] = layer.input_layernorm, layer.post_attention_layernorm
+            self.layers.append(d)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnBatch,
+                ab: AdapterBatch | None, logit_rows: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab)."""
+        T = input_ids.shape[0]
+        x = self.embed(input_ids)
+        cos, sin = self.rotary(x[None], positions[None])
+        cos, sin = cos[0][:, None, :], sin[0][:, None, :]              # (T, 1, D)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        for i, L in enumerate(self.layers):
+            h = L["ln1"](x)
+            q = L["q_proj"](h, ab).view(T, H, D)
+            k = L["k_proj"](h, ab).view(T, Hkv, D)
+            v = L["v_proj"](h, ab).view(T, Hkv, D)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            o = attention(q, k, v, i, attn, self.scale)
+            x = x + L["o_proj"](o, ab)
+            h = L["ln2"](x)
+            g = self.act(L["gate_proj"](h, ab)) * L["up_proj"](h, ab)
+            x = x + L["down_proj"](g, ab)
+        x = self.norm(x[logit_rows])
+        return self.lm_head(x).float()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)

@@ -1,0 +1,274 @@
+"""FRoD adapter files: ``<dir>/frod_adapter.json`` + ``<dir>/frod_adapter.safetensors``.
+
+The JSON holds the :class:`AdapterConfig` (``format`` = "frod_rt.adapter", ``format_version``,
+``name``, ``base_fingerprint``, ``target_modules``, ``sparse_rate``, ``seed``, ``alpha``,
+``categories`` = key -> {"out", "in", "k", "layers", "fingerprint"}, ``extra``). The
+safetensors file holds ``<layer>.dl`` (in,) and ``<layer>.s`` (k,) for every listed layer,
+plus ``<layer>.rows`` / ``<layer>.cols`` (k,) int32 when that layer's pattern is not the
+default ``sparse_pattern`` (imported adapters).
+
+Every problem with a file raises :class:`AdapterError` naming the file and the problem;
+``read_adapter`` validates everything that can be checked without the base model and
+``check_against`` the rest, so callers can validate fully before changing a model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_NAME = "frod_rt.adapter"
+FORMAT_VERSION = 1
+CONFIG_NAME = "frod_adapter.json"
+WEIGHTS_NAME = "frod_adapter.safetensors"
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+__all__ = ["AdapterError", "LayerDelta", "AdapterConfig", "AdapterFile", "read_adapter",
+           "write_adapter", "check_against", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+
+class AdapterError(ValueError):
+    """A FRoD adapter file is missing, corrupt, inconsistent or made for another base."""
+
+
+@dataclass
+class LayerDelta:
+    """One layer's trainable values: ``dW = U (diag(dl) + S) V^T``."""
+    dl: torch.Tensor                         # (in,)
+    s: torch.Tensor                          # (k,)
+    rows: torch.Tensor | None = None         # (k,) int32, only for a non-default pattern
+    cols: torch.Tensor | None = None
+
+
+@dataclass
+class AdapterConfig:
+    format_version: int
+    base_fingerprint: str
+    target_modules: list[str]
+    sparse_rate: float
+    seed: int
+    alpha: float
+    categories: dict[str, dict]              # key -> {"out", "in", "k", "layers", "fingerprint"}
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class AdapterFile:
+    name: str
+    config: AdapterConfig
+    layers: dict[str, LayerDelta]
+
+
+def _fail(path, msg: str):
+    raise AdapterError(f"adapter {path}: {msg}")
+
+
+def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
+    if not isinstance(raw, dict):
+        _fail(path, "config is not a JSON object")
+    if raw.get("format", FORMAT_NAME) != FORMAT_NAME:
+        _fail(path, f"not a frod_rt adapter (format {raw.get('format')!r})")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        _fail(path, f"unsupported format_version {version!r} (this frod_rt reads {FORMAT_VERSION})")
+    need = {"base_fingerprint": str, "target_modules": list, "sparse_rate": (int, float),
+            "seed": int, "alpha": (int, float), "categories": dict}
+    for key, typ in need.items():
+        if key not in raw:
+            _fail(path, f"config field {key!r} is missing")
+        if not isinstance(raw[key], typ) or isinstance(raw[key], bool):
+            _fail(path, f"config field {key!r} has the wrong type {type(raw[key]).__name__}")
+    if not all(isinstance(t, str) for t in raw["target_modules"]):
+        _fail(path, "target_modules must be a list of strings")
+    if not (0.0 <= float(raw["sparse_rate"]) <= 1.0) or not float(raw["alpha"]) > 0:
+        _fail(path, f"sparse_rate {raw['sparse_rate']!r} / alpha {raw['alpha']!r} out of range")
+    cats = {}
+    seen = set()
+    for key, c in raw["categories"].items():
+        if not isinstance(c, dict):
+            _fail(path, f"category {key!r} is not an object")
+        for f in ("out", "in", "k"):
+            if not isinstance(c.get(f), int) or isinstance(c.get(f), bool) or c[f] < 0:
+                _fail(path, f"category {key!r}: field {f!r} must be a non-negative integer")
+        n = c["in"]
+        if c["k"] > n * (n - 1):
+            _fail(path, f"category {key!r}: k={c['k']} exceeds the {n * (n - 1)} off-diagonal "
+                        f"positions of {n}x{n}")
+        layers = c.get("layers")
+        if not isinstance(layers, list) or not layers or \
+                not all(isinstance(x, str) and x for x in layers):
+            _fail(path, f"category {key!r}: 'layers' must be a non-empty list of names")
+        for name in layers:
+            if name in seen:
+                _fail(path, f"layer {name!r} is listed twice")
+            seen.add(name)
+        fp = c.get("fingerprint", "")
+        if not isinstance(fp, str):
+            _fail(path, f"category {key!r}: fingerprint must be a string")
+        cats[key] = {"out": c["out"], "in": n, "k": c["k"], "layers": list(layers),
+                     "fingerprint": fp}
+    if not cats:
+        _fail(path, "the adapter has no categories")
+    extra = raw.get("extra", {})
+    if not isinstance(extra, dict):
+        _fail(path, "'extra' must be an object")
+    name = raw.get("name")
+    return (name if isinstance(name, str) else None), AdapterConfig(
+        version, raw["base_fingerprint"], list(raw["target_modules"]), float(raw["sparse_rate"]),
+        int(raw["seed"]), float(raw["alpha"]), cats, dict(extra))
+
+
+def _check_tensors(path, config: AdapterConfig, tensors: dict[str, torch.Tensor]
+                   ) -> dict[str, LayerDelta]:
+    layers: dict[str, LayerDelta] = {}
+    expected = set()
+    for key, c in config.categories.items():
+        n, k = c["in"], c["k"]
+        for name in c["layers"]:
+            got = {}
+            for part, shape in (("dl", (n,)), ("s", (k,))):
+                t = tensors.get(f"{name}.{part}")
+                if t is None:
+                    _fail(path, f"tensor '{name}.{part}' is missing")
+                if t.dtype not in _FLOATS:
+                    _fail(path, f"tensor '{name}.{part}' has dtype {t.dtype}, expected a float")
+                if tuple(t.shape) != shape:
+                    _fail(path, f"tensor '{name}.{part}' has shape {tuple(t.shape)}, expected "
+                                f"{shape} (category {key})")
+                if not bool(torch.isfinite(t).all()):
+                    _fail(path, f"tensor '{name}.{part}' holds NaN or inf values")
+                got[part] = t
+                expected.add(f"{name}.{part}")
+            r, cc = tensors.get(f"{name}.rows"), tensors.get(f"{name}.cols")
+            if (r is None) != (cc is None):
+                _fail(path, f"layer {name!r}: 'rows' and 'cols' must both be present or absent")
+            if r is not None:
+                for part, t in (("rows", r), ("cols", cc)):
+                    if t.dtype != torch.int32 or tuple(t.shape) != (k,):
+                        _fail(path, f"tensor '{name}.{part}' must be int32 of shape ({k},), got "
+                                    f"{t.dtype} {tuple(t.shape)}")
+                if k and (int(r.min()) < 0 or int(cc.min()) < 0 or int(r.max()) >= n
+                          or int(cc.max()) >= n):
+                    _fail(path, f"layer {name!r}: pattern indices out of range [0, {n})")
+                if bool((r == cc).any()):
+                    _fail(path, f"layer {name!r}: pattern has a diagonal entry (S is off-diagonal)")
+                expected.update({f"{name}.rows", f"{name}.cols"})
+            layers[name] = LayerDelta(got["dl"], got["s"], r, cc)
+    unknown = sorted(set(tensors) - expected)
+    if unknown:
+        _fail(path, f"tensors not described by the config: {unknown[:5]}"
+                    + (" ..." if len(unknown) > 5 else ""))
+    return layers
+
+
+def read_adapter(path, name: str | None = None) -> AdapterFile:
+    """Read and validate an adapter directory (no base model needed).
+
+    Args:
+        path: directory holding frod_adapter.json and frod_adapter.safetensors.
+        name: adapter name; default: the name stored in the file, else the directory name.
+
+    Raises:
+        AdapterError: missing/unreadable/truncated files, bad JSON, unknown format version,
+            missing or extra tensors, wrong shapes/dtypes, non-finite values, bad patterns.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"adapter {path}: not a directory")
+    cpath, wpath = path / CONFIG_NAME, path / WEIGHTS_NAME
+    for p in (cpath, wpath):
+        if not p.is_file():
+            _fail(path, f"file {p.name} is missing")
+    try:
+        raw = json.loads(cpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(path, f"{CONFIG_NAME} is not valid JSON ({e})")
+    stored_name, config = _parse_config(path, raw)
+    try:
+        tensors = load_file(str(wpath))
+    except Exception as e:  # SafetensorError, OSError, ... on truncated or corrupt files
+        _fail(path, f"{WEIGHTS_NAME} is truncated or corrupt ({e})")
+    layers = _check_tensors(path, config, tensors)
+    return AdapterFile(name or stored_name or path.name, config, layers)
+
+
+def write_adapter(path, adapter: AdapterFile) -> None:
+    """Write ``adapter`` to the directory ``path`` (created if needed). Files are written to
+    temporaries and renamed, so a crash never leaves a half-written adapter under the final
+    names. The result is checked by the same rules as :func:`read_adapter` before writing."""
+    path = Path(path)
+    cfg = adapter.config
+    raw = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": adapter.name,
+           "base_fingerprint": cfg.base_fingerprint, "target_modules": list(cfg.target_modules),
+           "sparse_rate": float(cfg.sparse_rate), "seed": int(cfg.seed),
+           "alpha": float(cfg.alpha),
+           "categories": {k: {"out": int(c["out"]), "in": int(c["in"]), "k": int(c["k"]),
+                              "layers": list(c["layers"]),
+                              "fingerprint": c.get("fingerprint", "")}
+                          for k, c in cfg.categories.items()},
+           "extra": dict(cfg.extra)}
+    tensors = {}
+    for name, d in adapter.layers.items():
+        tensors[f"{name}.dl"] = d.dl.detach().cpu().contiguous()
+        tensors[f"{name}.s"] = d.s.detach().cpu().contiguous()
+        if d.rows is not None or d.cols is not None:
+            tensors[f"{name}.rows"] = d.rows.detach().cpu().to(torch.int32).contiguous()
+            tensors[f"{name}.cols"] = d.cols.detach().cpu().to(torch.int32).contiguous()
+    _, parsed = _parse_config(path, json.loads(json.dumps(raw)))
+    _check_tensors(path, parsed, tensors)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp_w = path / (WEIGHTS_NAME + f".tmp{os.getpid()}")
+    tmp_c = path / (CONFIG_NAME + f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp_w), metadata={"format": FORMAT_NAME})
+    tmp_c.write_text(json.dumps(raw, indent=1))
+    os.replace(tmp_w, path / WEIGHTS_NAME)
+    os.replace(tmp_c, path / CONFIG_NAME)
+
+
+def check_against(adapter: AdapterFile, decomposition) -> None:
+    """Check that ``adapter`` fits ``decomposition`` (a :class:`Decomposition`).
+
+    Accepted when the base fingerprints are equal, or when every category of the adapter
+    exists in the decomposition with the same category fingerprint (the adapter targets a
+    subset of the decomposed layers of the same base). Every layer must belong to the
+    decomposition, in the same category, with matching (out, in).
+
+    Raises:
+        AdapterError naming the mismatch.
+    """
+    cfg = adapter.config
+    where = f"adapter {adapter.name!r}"
+    if not math.isclose(cfg.alpha, decomposition.alpha, rel_tol=1e-12):
+        raise AdapterError(f"{where}: trained with alpha={cfg.alpha}, the base was decomposed "
+                           f"with alpha={decomposition.alpha}")
+    same_base = cfg.base_fingerprint == decomposition.fingerprint
+    for key, c in cfg.categories.items():
+        cat = decomposition.categories.get(key)
+        if cat is None:
+            raise AdapterError(f"{where}: category {key!r} is not among the decomposed "
+                               f"categories of this base ({sorted(decomposition.categories)})")
+        if not same_base and (not c.get("fingerprint") or c["fingerprint"] != cat.fingerprint):
+            raise AdapterError(
+                f"{where}: trained on a different base model (adapter base fingerprint "
+                f"{cfg.base_fingerprint[:16]}..., this base {decomposition.fingerprint[:16]}...; "
+                f"category {key!r} differs)")
+        if (c["out"], c["in"]) != (cat.out_features, cat.in_features):
+            raise AdapterError(f"{where}: category {key!r} has shape {c['out']}x{c['in']}, the "
+                               f"base has {cat.out_features}x{cat.in_features}")
+        for name in c["layers"]:
+            basis = decomposition.layers.get(name)
+            if basis is None or basis.category != key:
+                raise AdapterError(f"{where}: layer {name!r} is not a decomposed layer of "
+                                   f"category {key!r} in this base")
+    for name, d in adapter.layers.items():
+        basis = decomposition.layers.get(name)
+        if basis is None:
+            raise AdapterError(f"{where}: layer {name!r} is not decomposed in this base")
+        if d.dl.shape != basis.l.shape:
+            raise AdapterError(f"{where}: layer {name!r} dl has shape {tuple(d.dl.shape)}, the "
+                               f"base layer needs {tuple(basis.l.shape)}")

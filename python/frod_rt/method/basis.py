@@ -1,0 +1,122 @@
+"""The result of a decomposition: per-category bases and per-layer factors, with file I/O.
+
+On disk (``Decomposition.save(dir)``): ``dir/decomposition.json`` (fingerprints, alpha,
+targets, categories and their layers) and ``dir/decomposition.safetensors`` with keys
+``V::<category>``, ``U::<layer>``, ``l::<layer>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+DECOMPOSITION_FORMAT = 1
+
+
+@dataclass
+class LayerBasis:
+    """Per adapted base layer: ``W = U diag(l) V^T`` with V from its category."""
+    name: str                # e.g. "model.layers.3.self_attn.q_proj"
+    category: str            # e.g. "model.layers.*.self_attn.q_proj:4096x4096"
+    U: torch.Tensor          # (out, in), model dtype (NOT orthogonal)
+    l: torch.Tensor          # (in,) column norms of B_i
+
+
+@dataclass
+class Category:
+    """One module role with one shape: the basis V shared by its layers and all adapters."""
+    key: str
+    out_features: int
+    in_features: int
+    V: torch.Tensor          # (in, in)
+    layers: list[str]        # layer names, model order
+    fingerprint: str = ""    # category fingerprint (fingerprint.category_fingerprint)
+
+
+@dataclass
+class Decomposition:
+    """The decomposition of the targeted layers of one base model."""
+    fingerprint: str
+    alpha: float
+    target_modules: list[str]
+    categories: dict[str, Category]
+    layers: dict[str, LayerBasis]
+    extra: dict = field(default_factory=dict)
+
+    def to(self, device=None, dtype=None) -> "Decomposition":
+        """A copy with every U, l, V moved/cast (fingerprints unchanged)."""
+        def mv(t):
+            return t.to(device=device, dtype=dtype) if (device or dtype) else t
+        cats = {k: Category(c.key, c.out_features, c.in_features, mv(c.V), list(c.layers),
+                            c.fingerprint) for k, c in self.categories.items()}
+        layers = {n: LayerBasis(b.name, b.category, mv(b.U), mv(b.l))
+                  for n, b in self.layers.items()}
+        return Decomposition(self.fingerprint, self.alpha, list(self.target_modules), cats,
+                             layers, dict(self.extra))
+
+    def save(self, path) -> None:
+        """Write ``path/decomposition.{json,safetensors}`` (directory created if needed)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for key, c in self.categories.items():
+            tensors[f"V::{key}"] = c.V.detach().cpu().contiguous()
+        for name, b in self.layers.items():
+            tensors[f"U::{name}"] = b.U.detach().cpu().contiguous()
+            tensors[f"l::{name}"] = b.l.detach().cpu().contiguous()
+        meta = {
+            "format": "frod_rt.decomposition", "format_version": DECOMPOSITION_FORMAT,
+            "fingerprint": self.fingerprint, "alpha": self.alpha,
+            "target_modules": list(self.target_modules), "extra": self.extra,
+            "categories": {k: {"out": c.out_features, "in": c.in_features,
+                               "layers": list(c.layers), "fingerprint": c.fingerprint}
+                           for k, c in self.categories.items()},
+        }
+        tmp = path / "decomposition.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path / "decomposition.safetensors")
+        (path / "decomposition.json.tmp").write_text(json.dumps(meta, indent=1))
+        os.replace(path / "decomposition.json.tmp", path / "decomposition.json")
+
+    @classmethod
+    def load(cls, path) -> "Decomposition":
+        """Read a directory written by :meth:`save`. Raises FileNotFoundError / ValueError."""
+        path = Path(path)
+        jpath, tpath = path / "decomposition.json", path / "decomposition.safetensors"
+        for p in (jpath, tpath):
+            if not p.is_file():
+                raise FileNotFoundError(f"decomposition file missing: {p}")
+        try:
+            meta = json.loads(jpath.read_text())
+            tensors = load_file(str(tpath))
+        except Exception as e:
+            raise ValueError(f"cannot read decomposition at {path}: {e}") from e
+        if meta.get("format_version") != DECOMPOSITION_FORMAT:
+            raise ValueError(f"{jpath}: unsupported decomposition format_version "
+                             f"{meta.get('format_version')!r}")
+        cats, layers = {}, {}
+        try:
+            for key, c in meta["categories"].items():
+                V = tensors[f"V::{key}"]
+                if tuple(V.shape) != (c["in"], c["in"]):
+                    raise ValueError(f"V of {key}: shape {tuple(V.shape)}")
+                cats[key] = Category(key, c["out"], c["in"], V, list(c["layers"]),
+                                     c.get("fingerprint", ""))
+                for name in c["layers"]:
+                    U, lam = tensors[f"U::{name}"], tensors[f"l::{name}"]
+                    if tuple(U.shape) != (c["out"], c["in"]) or tuple(lam.shape) != (c["in"],):
+                        raise ValueError(f"U/l of {name}: shapes {tuple(U.shape)}, {tuple(lam.shape)}")
+                    layers[name] = LayerBasis(name, key, U, lam)
+        except KeyError as e:
+            raise ValueError(f"{path}: decomposition is missing {e}") from e
+        return cls(meta["fingerprint"], float(meta["alpha"]), list(meta["target_modules"]),
+                   cats, layers, dict(meta.get("extra", {})))
+
+    def pattern_seed_key(self, category: str) -> str:
+        """The fingerprint string that seeds the sparse pattern of ``category``: the category
+        fingerprint (so patterns do not change when other categories are added to the targets)."""
+        return self.categories[category].fingerprint or self.fingerprint

@@ -1,0 +1,148 @@
+"""``decompose(model, target_modules)``: the FRoD base decomposition, cached on disk.
+
+The math lives in :mod:`.joint`, the result types in :mod:`.basis` (re-exported here), the
+hashing in :mod:`.fingerprint`. Categories are processed one at a time (float64 copies of a
+single category at most) and each category's result is cached under
+``<cache_dir>/categories/<category fingerprint>.<dtype>.safetensors``, so a second call, or a
+call with more targets on the same base, only computes what is new.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .basis import Category, Decomposition, LayerBasis
+from .categories import category_key, find_targets, group_categories, linear_weight
+from .fingerprint import base_fingerprint, category_fingerprint
+from .joint import ALGORITHM_VERSION, joint_basis, scale_split
+
+__all__ = ["LayerBasis", "Category", "Decomposition", "decompose", "category_key",
+           "linear_weight", "default_cache_dir", "decompose_category"]
+
+
+def default_cache_dir() -> Path:
+    """``$FROD_RT_CACHE`` or ``~/.cache/frod_rt``."""
+    env = os.environ.get("FROD_RT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "frod_rt"
+
+
+def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """V (in, in), [U_i (out, in)], [l_i (in,)] of one category, computed in float64 on CPU and
+    returned in ``dtype`` on CPU."""
+    V, Bs = joint_basis(weights, alpha)
+    Us, ls = [], []
+    for B in Bs:
+        U, lam = scale_split(B)
+        Us.append(U.to(dtype))
+        ls.append(lam.to(dtype))
+    return V.to(dtype), Us, ls
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _cache_file(cache_dir: Path, fp: str, dtype: torch.dtype) -> Path:
+    return cache_dir / "categories" / f"{fp}.{_dtype_name(dtype)}.safetensors"
+
+
+def _load_cached(path: Path, names: list[str], shape: tuple[int, int]):
+    """(V, Us, ls) from a cache file, or None when absent/unreadable/not matching."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if json.loads(meta.get("layers", "[]")) != names:
+                return None
+            V = f.get_tensor("V")
+            Us = [f.get_tensor(f"U.{i}") for i in range(len(names))]
+            ls = [f.get_tensor(f"l.{i}") for i in range(len(names))]
+    except Exception:
+        return None
+    out_f, in_f = shape
+    if tuple(V.shape) != (in_f, in_f) or any(tuple(u.shape) != (out_f, in_f) for u in Us) \
+            or any(tuple(x.shape) != (in_f,) for x in ls):
+        return None
+    return V, Us, ls
+
+
+def _store_cached(path: Path, names: list[str], V, Us, ls) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"V": V.contiguous()}
+        for i, (u, x) in enumerate(zip(Us, ls)):
+            tensors[f"U.{i}"] = u.contiguous()
+            tensors[f"l.{i}"] = x.contiguous()
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata={"layers": json.dumps(names),
+                                               "algorithm_version": str(ALGORITHM_VERSION)})
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"frod_rt: could not write the decomposition cache {path}: {e}")
+
+
+@torch.no_grad()
+def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 1e-3,
+              cache_dir: str | os.PathLike | None = None, progress: bool = True,
+              dtype: torch.dtype | None = None, use_cache: bool = True) -> Decomposition:
+    """Decompose the targeted linear layers of ``model`` (DESIGN.md 1.1).
+
+    Every targeted layer ``W_i`` (out, in) becomes ``U_i diag(l_i) V^T`` with ``V`` shared by
+    its category (same role, same shape). Computed in float64 on CPU, one category at a time.
+
+    Args:
+        model: any module; targets are ``nn.Linear`` or transformers ``Conv1D`` layers.
+        target_modules: PEFT-style list of name suffixes, or one regex (``re.fullmatch``).
+        alpha: ridge term of the joint decomposition.
+        cache_dir: cache root; None -> ``$FROD_RT_CACHE`` or ``~/.cache/frod_rt``.
+        progress: show a tqdm bar over categories.
+        dtype: dtype of the stored U, l, V; None -> each layer's weight dtype.
+        use_cache: read/write the on-disk cache.
+
+    Returns:
+        A :class:`Decomposition` whose tensors sit on each layer's weight device.
+    """
+    alpha = float(alpha)
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    targets = find_targets(model, target_modules)
+    groups = group_categories(targets)
+    categories: dict[str, Category] = {}
+    layers: dict[str, LayerBasis] = {}
+    cat_fps: dict[str, str] = {}
+    bar = tqdm(groups.items(), total=len(groups), desc="FRoD decomposition", unit="category",
+               disable=not progress)
+    for key, members in bar:
+        names = [n for n, _ in members]
+        weights = [linear_weight(m).detach() for _, m in members]
+        out_f, in_f = weights[0].shape
+        device = weights[0].device
+        want = dtype or weights[0].dtype
+        bar.set_postfix_str(f"{key} L={len(names)}")
+        fp = category_fingerprint(key, alpha, list(zip(names, weights)))
+        cat_fps[key] = fp
+        path = _cache_file(cache, fp, want)
+        got = _load_cached(path, names, (out_f, in_f)) if use_cache else None
+        if got is None:
+            got = decompose_category(weights, alpha, want)
+            if use_cache:
+                _store_cached(path, names, *got)
+        V, Us, ls = got
+        categories[key] = Category(key, out_f, in_f, V.to(device), names, fp)
+        for name, U, lam in zip(names, Us, ls):
+            layers[name] = LayerBasis(name, key, U.to(device), lam.to(device))
+    tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    extra = {"algorithm_version": ALGORITHM_VERSION,
+             "target_modules_is_regex": isinstance(target_modules, str)}
+    return Decomposition(base_fingerprint(alpha, cat_fps), alpha, tm, categories, layers, extra)

@@ -1,0 +1,84 @@
+"""The hierarchical joint decomposition of one category, in float64 (DESIGN.md 1.1).
+
+Pure math on a list of ``(out, in)`` weights; no model, no I/O.
+"""
+from __future__ import annotations
+
+import torch
+
+ALGORITHM_VERSION = 1
+
+
+def _spd_inverse(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive definite matrix (Cholesky, falling back to LU)."""
+    chol, info = torch.linalg.cholesky_ex(m)
+    if int(info) == 0:
+        return torch.cholesky_inverse(chol)
+    return torch.linalg.inv(m)
+
+
+def joint_basis(weights: list[torch.Tensor], alpha: float = 1e-3
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Shared basis ``V`` and per-layer ``B_i`` with ``W_i = B_i V^T`` (float64, CPU).
+
+    Full-rank branch (``L*out >= in``), with ``A = [W_1; ...; W_L] = Q R`` (thin QR)::
+
+        T = mean_i inv(Q_i^T Q_i + alpha I);  E = eigenvectors(T)
+        V = R^T E;  B_i = Q_i E        (B_i V^T = Q_i E E^T R = Q_i R = W_i; inv(V) never formed)
+
+    Rank-deficient branch (``L*out < in``, the stack cannot give a square ``R``): ``V`` = the
+    full set of right singular vectors of ``A`` (orthogonal) and ``B_i = W_i V``; the columns
+    of ``B_i`` past the numerical rank of ``A`` are set to exactly zero (``W_i`` has no
+    component there), so those ``l`` are zero.
+
+    Args:
+        weights: L tensors of identical shape (out, in), any float dtype/device.
+        alpha: ridge term of the T average (> 0).
+
+    Returns:
+        V (in, in) and [B_1 .. B_L] (out, in), all float64 on CPU.
+    """
+    if not weights:
+        raise ValueError("joint_basis: no weights")
+    shape = tuple(weights[0].shape)
+    if len(shape) != 2 or any(tuple(w.shape) != shape for w in weights):
+        raise ValueError(f"joint_basis: all weights must share one 2-D shape, got "
+                         f"{[tuple(w.shape) for w in weights]}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    out_f, in_f = shape
+    L = len(weights)
+    A = torch.cat([w.detach().to(device="cpu", dtype=torch.float64) for w in weights], dim=0)
+    if L * out_f >= in_f:
+        Q, R = torch.linalg.qr(A, mode="reduced")  # Q (L*out, in), R (in, in)
+        del A
+        eye = torch.eye(in_f, dtype=torch.float64)
+        T = torch.zeros(in_f, in_f, dtype=torch.float64)
+        for i in range(L):
+            Qi = Q[i * out_f:(i + 1) * out_f]
+            T += _spd_inverse(Qi.T @ Qi + alpha * eye)
+        T /= L
+        T = 0.5 * (T + T.T)
+        _, E = torch.linalg.eigh(T)
+        V = R.T @ E
+        Bs = [Q[i * out_f:(i + 1) * out_f] @ E for i in range(L)]
+        return V, Bs
+    _, svals, Vh = torch.linalg.svd(A, full_matrices=True)
+    V = Vh.T.contiguous()
+    tol = (svals.max() if svals.numel() else torch.tensor(0.0)) * max(A.shape) \
+        * torch.finfo(torch.float64).eps
+    rank = int((svals > tol).sum())
+    Bs = []
+    for w in weights:
+        B = w.detach().to(device="cpu", dtype=torch.float64) @ V
+        B[:, rank:] = 0.0
+        Bs.append(B)
+    return V, Bs
+
+
+def scale_split(B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B = U diag(l)``: l = column norms of B, U = B / l with zero columns where l == 0."""
+    lam = torch.linalg.vector_norm(B, dim=0)
+    safe = torch.where(lam > 0, lam, torch.ones_like(lam))
+    U = torch.where(lam > 0, B / safe, torch.zeros_like(B))
+    return U, lam
