@@ -10,3 +10,10 @@ from ._core import cuda_kernels_built
 __version__ = "0.1.0"
 
 __all__ = ["ops", "cuda_kernels_built", "__version__"]
+
+# The FRoD method (decomposition, trainable layers, adapter files).
+from .method import (AdapterError, Decomposition, FrodConfig, FrodModel, decompose,  # noqa: E402
+                     get_frod_model, read_adapter, write_adapter)
+
+__all__ += ["decompose", "Decomposition", "FrodConfig", "get_frod_model", "FrodModel",
+            "read_adapter", "write_adapter", "AdapterError"]

@@ -4,9 +4,14 @@ from .adapter_io import (AdapterConfig, AdapterError, AdapterFile, LayerDelta, c
 from .decompose import (Category, Decomposition, LayerBasis, category_key, decompose,
                         linear_weight)
 from .patterns import pattern_size, sparse_pattern
+from .config import FrodConfig
+from .layers import FrodLinear
+from .model import FrodModel, get_frod_model
+from .optim import param_groups
 
 __all__ = [
     "AdapterConfig", "AdapterError", "AdapterFile", "LayerDelta", "check_against",
     "read_adapter", "write_adapter", "Category", "Decomposition", "LayerBasis",
     "category_key", "decompose", "linear_weight", "pattern_size", "sparse_pattern",
+    "FrodConfig", "FrodLinear", "FrodModel", "get_frod_model", "param_groups",
 ]

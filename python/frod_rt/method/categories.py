@@ -55,7 +55,7 @@ def category_key(layer_name: str, out_features: int, in_features: int) -> str:
     return f"{_INDEX.sub('*', layer_name)}:{int(out_features)}x{int(in_features)}"
 
 
-def _matches(name: str, targets: str | Iterable[str]) -> bool:
+def name_matches(name: str, targets: str | Iterable[str]) -> bool:
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
@@ -85,7 +85,7 @@ def find_targets(model: nn.Module, target_modules: str | Iterable[str]
                         f"{type(target_modules).__name__}")
     found = []
     for name, module in model.named_modules():
-        if not name or not _matches(name, targets):
+        if not name or not name_matches(name, targets):
             continue
         if not is_supported(module):
             if isinstance(targets, list) and any(name == t or name.endswith("." + t)

@@ -1,0 +1,97 @@
+"""Moving adapters between a FrodModel and :class:`AdapterFile` (the on-disk form)."""
+from __future__ import annotations
+
+import torch
+
+from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFile, LayerDelta,
+                         check_against)
+from .config import FrodConfig, check_adapter_name, pattern_seed_string
+
+
+def export_adapter(fm, name: str) -> AdapterFile:
+    """Adapter ``name`` of FrodModel ``fm`` as an AdapterFile (detached CPU tensors)."""
+    fm._require_adapter(name)
+    cfg: FrodConfig = fm.adapter_configs[name]
+    cats: dict[str, dict] = {}
+    layers: dict[str, LayerDelta] = {}
+    for lname, m in fm.frod_layers().items():
+        if name not in m.frod_dl:
+            continue
+        k = m.frod_s[name].shape[0]
+        out_f, in_f, _, fp = fm._categories[m.category]
+        c = cats.setdefault(m.category, {"out": out_f, "in": in_f, "k": k, "layers": [],
+                                         "fingerprint": fp})
+        if c["k"] != k:
+            raise ValueError(f"adapter {name!r}: layers of category {m.category!r} have "
+                             f"different pattern sizes ({c['k']} and {k}); cannot export")
+        c["layers"].append(lname)
+        rows = cols = None
+        if m.has_own_pattern(name):
+            rows, cols = (t.detach().cpu().clone() for t in m.pattern(name))
+        layers[lname] = LayerDelta(m.frod_dl[name].detach().cpu().clone(),
+                                   m.frod_s[name].detach().cpu().clone(), rows, cols)
+    regex = isinstance(cfg.target_modules, str)
+    extra = dict(cfg.extra)
+    extra["target_modules_is_regex"] = regex
+    config = AdapterConfig(FORMAT_VERSION, fm.fingerprint,
+                           [cfg.target_modules] if regex else list(cfg.target_modules),
+                           cfg.sparse_rate, cfg.seed, cfg.alpha, cats, extra)
+    return AdapterFile(name, config, layers)
+
+
+def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
+    """Validate ``adapter`` against ``fm`` completely, then add it under ``name`` (default
+    ``adapter.name``). Raises AdapterError / ValueError with ``fm`` unchanged."""
+    name = name or adapter.name
+    try:
+        check_adapter_name(name)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
+    if name in fm.adapter_configs:
+        raise ValueError(f"adapter {name!r} already exists; delete_adapter() it or load under "
+                         "another name")
+    check_against(adapter, fm.decomposition)
+    cfg = adapter.config
+    layers = fm.frod_layers()
+    covered = {n for c in cfg.categories.values() for n in c["layers"]}
+    if covered != set(adapter.layers):
+        raise AdapterError(f"adapter {name!r}: config layers and tensors disagree")
+    plan = []
+    for key, c in cfg.categories.items():
+        for lname in c["layers"]:
+            m = layers[lname]
+            d = adapter.layers[lname]
+            if d.dl.shape != (m.in_features,) or d.s.shape != (c["k"],):
+                raise AdapterError(f"adapter {name!r}: layer {lname!r} values have shapes "
+                                   f"{tuple(d.dl.shape)}, {tuple(d.s.shape)}; expected "
+                                   f"({m.in_features},), ({c['k']},)")
+            if d.rows is not None:
+                pattern = (d.rows, d.cols)
+            else:
+                pattern = (key, c["k"])
+            plan.append((m, d, pattern))
+    regex = bool(cfg.extra.get("target_modules_is_regex"))
+    try:
+        config = FrodConfig(target_modules=cfg.target_modules[0] if regex else cfg.target_modules,
+                            sparse_rate=cfg.sparse_rate, seed=cfg.seed, alpha=cfg.alpha,
+                            param_dtype=next(iter(adapter.layers.values())).dl.dtype,
+                            extra={k: v for k, v in cfg.extra.items()
+                                   if k != "target_modules_is_regex"})
+    except (TypeError, ValueError) as e:
+        raise AdapterError(f"adapter {name!r}: bad config ({e})") from None
+    added = []
+    try:
+        for m, d, pattern in plan:
+            if isinstance(pattern[0], str):
+                key, k = pattern
+                fp = fm._categories[key][3] or fm.fingerprint
+                pname = fm.state.shared_pattern(pattern_seed_string(fp, cfg.seed), key,
+                                                m.in_features, k)
+                pattern = ("shared", pname)
+            m.add_adapter(name, d.dl.detach().clone(), d.s.detach().clone(), pattern)
+            added.append(m)
+    except Exception:
+        for m in added:
+            m.delete_adapter(name)
+        raise
+    fm.adapter_configs[name] = config

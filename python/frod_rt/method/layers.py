@@ -1,0 +1,227 @@
+"""``FrodLinear``: a base linear layer (nn.Linear or GPT-2 Conv1D) with FRoD adapters.
+
+The layer keeps the base module's own ``weight`` and ``bias`` Parameters (so the base's
+state-dict keys do not change), its per-layer factors ``frod_U`` (out, n) and ``frod_l`` (n,)
+as non-persistent buffers shared by all adapters, and per adapter the trainable
+``frod_dl[name]`` (n,) and ``frod_s[name]`` (k,). ``V`` and the shared patterns live in the
+model's :class:`FrodState`.
+
+Forward, for rows routed to adapters ``a`` (DESIGN.md section 2)::
+
+    y = x W^T + b + H U^T,   H[t] = Z[t] * dl_a + (S_a Z[t]^T)^T,  Z = x V
+
+through ``frod_rt.ops.frod_linear`` (C++ kernel), or, when one adapter covers every row and
+the cost rule prefers it, through the materialised ``W' = W + U (diag(dl) + S) V^T``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .categories import is_conv1d
+from .dense_path import delta_weight, dense_frod_linear, prefer_dense
+from .state import FrodState
+
+
+class FrodLinear(nn.Module):
+    """See the module docstring. Built by FrodModel; not meant to be created directly."""
+
+    def __init__(self, base: nn.Module, name: str, category: str, U: torch.Tensor,
+                 l: torch.Tensor, state: FrodState, compute_path: str = "auto"):
+        super().__init__()
+        self.base_layer_name = name
+        self.category = category
+        self.fan_in_fan_out = is_conv1d(base)
+        self.weight = base.weight
+        self.bias = base.bias
+        self.out_features, self.in_features = U.shape
+        self.register_buffer("frod_U", U, persistent=False)
+        self.register_buffer("frod_l", l, persistent=False)
+        self.frod_dl = nn.ParameterDict()
+        self.frod_s = nn.ParameterDict()
+        self.compute_path = compute_path
+        # adapter -> ("shared", state pattern name) or ("own", layer buffer prefix)
+        self._patterns: dict[str, tuple[str, str]] = {}
+        self.merged_adapter: str | None = None
+        self._weight_before_merge: torch.Tensor | None = None
+        object.__setattr__(self, "_base_module", base)
+        object.__setattr__(self, "_state", state)
+
+    # ---- adapters -------------------------------------------------------------------------
+    def add_adapter(self, name: str, dl: torch.Tensor, s: torch.Tensor,
+                    pattern: tuple[str, str] | tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Add adapter ``name`` with values dl (n,), s (k,) and either a shared pattern
+        (``("shared", state name)``) or its own (rows, cols) int32 (k,) tensors."""
+        if isinstance(pattern[0], str):
+            self._patterns[name] = pattern
+        else:
+            rows, cols = pattern
+            self.register_buffer(f"frod_rows_{name}", rows.to(self.frod_U.device, torch.int32),
+                                 persistent=False)
+            self.register_buffer(f"frod_cols_{name}", cols.to(self.frod_U.device, torch.int32),
+                                 persistent=False)
+            self._patterns[name] = ("own", name)
+        self.frod_dl[name] = nn.Parameter(dl.to(self.frod_U.device))
+        self.frod_s[name] = nn.Parameter(s.to(self.frod_U.device))
+
+    def delete_adapter(self, name: str) -> None:
+        if self.merged_adapter == name:
+            raise ValueError(f"adapter {name!r} is merged into {self.base_layer_name}; "
+                             "unmerge_adapter() first")
+        kind, _ = self._patterns.pop(name)
+        del self.frod_dl[name]
+        del self.frod_s[name]
+        if kind == "own":
+            delattr(self, f"frod_rows_{name}")
+            delattr(self, f"frod_cols_{name}")
+
+    def pattern(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) int32 (k,) of adapter ``name`` in this layer."""
+        kind, ref = self._patterns[name]
+        if kind == "shared":
+            return self._state.pattern(ref)
+        return getattr(self, f"frod_rows_{ref}"), getattr(self, f"frod_cols_{ref}")
+
+    def has_own_pattern(self, name: str) -> bool:
+        return self._patterns[name][0] == "own"
+
+    @property
+    def V(self) -> torch.Tensor:
+        return self._state.V(self.category)
+
+    def weight_oi(self) -> torch.Tensor:
+        """The base weight as (out, in) (a view for Conv1D)."""
+        return self.weight.t() if self.fan_in_fan_out else self.weight
+
+    def delta_weight(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``dW = U (diag(dl) + S) V^T`` (out, in) of adapter ``name``."""
+        rows, cols = self.pattern(name)
+        return delta_weight(self.frod_U, self.V, self.frod_dl[name], self.frod_s[name], rows,
+                            cols, dtype=dtype or self.weight.dtype)
+
+    # ---- merge ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, name: str, keep_copy: bool = True) -> None:
+        """Add dW of ``name`` into the base weight (a copy of the old weight is kept for
+        :meth:`unmerge` unless ``keep_copy`` is False)."""
+        if self.merged_adapter is not None:
+            raise ValueError(f"{self.base_layer_name}: adapter {self.merged_adapter!r} is "
+                             "already merged; unmerge first")
+        dW = self.delta_weight(name, dtype=torch.float64 if self.weight.dtype == torch.float64
+                               else torch.float32)
+        if keep_copy:
+            self._weight_before_merge = self.weight.detach().clone()
+        w = self.weight.data
+        merged = (w.to(dW.dtype) + (dW.t() if self.fan_in_fan_out else dW)).to(w.dtype)
+        w.copy_(merged)
+        self.merged_adapter = name
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged_adapter is None:
+            return
+        if self._weight_before_merge is None:
+            raise ValueError(f"{self.base_layer_name}: merged without a copy, cannot unmerge")
+        self.weight.data.copy_(self._weight_before_merge)
+        self._weight_before_merge = None
+        self.merged_adapter = None
+
+    # ---- forward --------------------------------------------------------------------------
+    def _row_ids(self, x: torch.Tensor):
+        """(ids (T,) int32 in [-1, A), adapter names (A,)) for the flattened rows of x."""
+        st = self._state
+        T = x.numel() // self.in_features if self.in_features else 0
+        adapters = tuple(self.frod_dl.keys())
+        if st.routing is None:
+            if st.active is None or st.active not in self.frod_dl:
+                return None, []
+            return None, [st.active]
+        batch_ids, used = st.routing.ids_for(adapters, x.device)
+        B = batch_ids.shape[0]
+        if not used:
+            return None, []
+        if x.dim() >= 2 and x.shape[0] == B:
+            per = T // B if B else 0
+        elif B and T % B == 0:
+            per = T // B  # rows flattened batch-major
+        else:
+            raise ValueError(f"{self.base_layer_name}: got {B} adapter names for an input of "
+                             f"shape {tuple(x.shape)}; pass one name per batch row")
+        ids = batch_ids if per == 1 else torch.repeat_interleave(batch_ids, per)
+        if len(used) == 1 and bool((batch_ids == 0).all()):
+            return None, used
+        return ids, used
+
+    def _stack(self, used: list[str], dtype: torch.dtype):
+        dl = torch.stack([self.frod_dl[a].to(dtype) for a in used])
+        refs = [self._patterns[a] for a in used]
+        if all(r == refs[0] for r in refs) and refs[0][0] == "shared":
+            rows, cols = self.pattern(used[0])
+            s = torch.stack([self.frod_s[a].to(dtype) for a in used])
+            return dl, s, rows, cols
+        ks = [self.frod_s[a].shape[0] for a in used]
+        kmax = max(ks)
+        dev = dl.device
+        s_list, r_list, c_list = [], [], []
+        for a, k in zip(used, ks):
+            r, c = self.pattern(a)
+            pad = kmax - k
+            s_a = self.frod_s[a].to(dtype)
+            if pad:  # (0, 1) entries with value 0: no effect, gradient discarded
+                s_a = torch.cat([s_a, s_a.new_zeros(pad)])
+                r = torch.cat([r, torch.zeros(pad, dtype=torch.int32, device=dev)])
+                c = torch.cat([c, torch.ones(pad, dtype=torch.int32, device=dev)])
+            s_list.append(s_a)
+            r_list.append(r)
+            c_list.append(c)
+        return dl, torch.stack(s_list), torch.stack(r_list), torch.stack(c_list)
+
+    def _use_dense(self, T: int, name: str) -> bool:
+        if self.compute_path == "dense":
+            return True
+        if self.compute_path == "factored":
+            return False
+        training = torch.is_grad_enabled() and (self.frod_dl[name].requires_grad
+                                                or self.frod_s[name].requires_grad)
+        return training and prefer_dense(T, self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        W, b = self.weight_oi(), self.bias
+        if st.disabled:
+            if self.merged_adapter is not None:
+                raise ValueError(f"{self.base_layer_name}: adapters are disabled but "
+                                 f"{self.merged_adapter!r} is merged; unmerge first")
+            return F.linear(x, W, b)
+        ids, used = self._row_ids(x)
+        if self.merged_adapter is not None:
+            if used == [self.merged_adapter] and ids is None:
+                return F.linear(x, W, b)
+            raise ValueError(f"{self.base_layer_name}: adapter {self.merged_adapter!r} is merged; "
+                             "unmerge_adapter() before running other adapters or base rows")
+        if not used:
+            return F.linear(x, W, b)
+        dt = x.dtype
+        W = W.to(dt)
+        b = b.to(dt) if b is not None else None
+        U, V = self.frod_U.to(dt), self.V.to(dt)
+        n = self.in_features
+        x2 = x.reshape(-1, n)
+        T = x2.shape[0]
+        if ids is None and self._use_dense(T, used[0]):
+            a = used[0]
+            rows, cols = self.pattern(a)
+            y = dense_frod_linear(x2, W, b, U, V, self.frod_dl[a].to(dt), self.frod_s[a].to(dt),
+                                  rows, cols)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        if ids is None:
+            ids = torch.zeros(T, dtype=torch.int32, device=x.device)
+        seg_indptr, seg_adapter = ops.segments_from_ids(ids, len(used))
+        dl, s, rows, cols = self._stack(used, dt)
+        return ops.frod_linear(x, W, b, V, U, seg_indptr, seg_adapter, dl, s, rows, cols)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, category={self.category!r}, "
+                f"adapters={list(self.frod_dl.keys())}, merged={self.merged_adapter!r}")

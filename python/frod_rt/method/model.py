@@ -1,0 +1,243 @@
+"""``FrodModel`` / ``get_frod_model``: a base model whose target layers carry FRoD adapters.
+
+Several adapters live on one model; ``U``, ``l``, ``V`` and the shared patterns are stored
+once. A forward call runs the active adapter on every row, or, with
+``adapter_names=[...]`` (one name per batch row, "__base__" for none), a different adapter
+per row; each adapter then receives only its own gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapter_io import AdapterError, AdapterFile, check_against, read_adapter, write_adapter
+from .basis import Category, Decomposition, LayerBasis
+from .categories import is_supported, name_matches
+from .config import BASE, FrodConfig, check_adapter_name, pattern_seed_string
+from .decompose import decompose
+from .layers import FrodLinear
+from .patterns import pattern_size
+from .state import FrodState, Routing
+from . import adapter_files, merge as _merge, optim as _optim
+
+
+class FrodModel(nn.Module):
+    """Wraps ``model`` (changed in place: target layers become :class:`FrodLinear`)."""
+
+    def __init__(self, model: nn.Module, config: FrodConfig, adapter_name: str = "default",
+                 decomposition: Decomposition | None = None):
+        super().__init__()
+        if not isinstance(config, FrodConfig):
+            raise TypeError(f"config: expected a FrodConfig, got {type(config).__name__}")
+        check_adapter_name(adapter_name)
+        if any(isinstance(m, FrodLinear) for m in model.modules()):
+            raise ValueError("model already has FRoD layers")
+        if decomposition is None:
+            decomposition = decompose(model, config.target_modules, config.alpha,
+                                      cache_dir=config.cache_dir, progress=config.progress)
+        self.model = model
+        self.state = FrodState()
+        self.adapter_configs: dict[str, FrodConfig] = {}
+        self._fingerprint = decomposition.fingerprint
+        self._alpha = decomposition.alpha
+        self._target_modules = list(decomposition.target_modules)
+        self._decomp_extra = dict(decomposition.extra)
+        self._categories = {k: (c.out_features, c.in_features, list(c.layers), c.fingerprint)
+                            for k, c in decomposition.categories.items()}
+        for key, c in decomposition.categories.items():
+            self.state.add_category(key, c.V)
+        mods = dict(model.named_modules())
+        for name, basis in decomposition.layers.items():
+            base = mods.get(name)
+            if base is None or not is_supported(base):
+                raise ValueError(f"decomposition layer {name!r} is not an nn.Linear/Conv1D of "
+                                 "this model")
+            layer = FrodLinear(base, name, basis.category, basis.U.to(base.weight.device),
+                               basis.l.to(base.weight.device), self.state, config.compute_path)
+            parent_name, _, child = name.rpartition(".")
+            setattr(mods[parent_name] if parent_name else model, child, layer)
+        self.add_adapter(adapter_name, config)
+        self.set_adapter(adapter_name)
+
+    # ---- introspection --------------------------------------------------------------------
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    def frod_layers(self) -> dict[str, FrodLinear]:
+        """Base layer name -> FrodLinear."""
+        return {m.base_layer_name: m for m in self.model.modules() if isinstance(m, FrodLinear)}
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.adapter_configs)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.state.active
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def decomposition(self) -> Decomposition:
+        """The decomposition, built over the live buffers (no copies)."""
+        layers = self.frod_layers()
+        cats = {k: Category(k, o, i, self.state.V(k), list(ls), fp)
+                for k, (o, i, ls, fp) in self._categories.items()}
+        bases = {n: LayerBasis(n, m.category, m.frod_U, m.frod_l) for n, m in layers.items()}
+        return Decomposition(self._fingerprint, self._alpha, list(self._target_modules), cats,
+                             bases, dict(self._decomp_extra))
+
+    def _require_adapter(self, name: str) -> None:
+        if name not in self.adapter_configs:
+            raise KeyError(f"no adapter named {name!r} (adapters: {self.adapters})")
+
+    # ---- adapters -------------------------------------------------------------------------
+    def _target_layers(self, targets) -> list[str]:
+        layers = self.frod_layers()
+        chosen = [n for n in layers if name_matches(n, targets)]
+        missing = [n for n, m in self.model.named_modules()
+                   if is_supported(m) and name_matches(n, targets)]
+        if missing:
+            raise ValueError(f"target_modules {targets!r} match {missing[:3]}, which were not "
+                             "decomposed: build the FrodModel with targets covering every adapter")
+        if not chosen:
+            raise ValueError(f"target_modules {targets!r} match none of the decomposed layers")
+        return chosen
+
+    def add_adapter(self, name: str, config: FrodConfig) -> None:
+        """Add a fresh adapter (dl = s = 0 unless ``config.init_std > 0``)."""
+        check_adapter_name(name)
+        if name in self.adapter_configs:
+            raise ValueError(f"adapter {name!r} already exists")
+        if not isinstance(config, FrodConfig):
+            raise TypeError(f"config: expected a FrodConfig, got {type(config).__name__}")
+        if abs(config.alpha - self._alpha) > 1e-12 * self._alpha:
+            raise ValueError(f"config.alpha={config.alpha} differs from the model's "
+                             f"decomposition alpha={self._alpha}")
+        layers = self.frod_layers()
+        for lname in self._target_layers(config.target_modules):
+            m = layers[lname]
+            n = m.in_features
+            k = pattern_size(n, config.sparse_rate)
+            fp = self._categories[m.category][3] or self._fingerprint
+            pname = self.state.shared_pattern(pattern_seed_string(fp, config.seed), m.category,
+                                              n, k)
+            dtype = config.param_dtype or m.frod_U.dtype
+            dl = torch.zeros(n, dtype=dtype)
+            s = torch.zeros(k, dtype=dtype)
+            if config.init_std > 0:
+                dl.normal_(0.0, config.init_std)
+                s.normal_(0.0, config.init_std)
+            m.add_adapter(name, dl, s, ("shared", pname))
+        self.adapter_configs[name] = config
+
+    def set_adapter(self, name: str | None) -> None:
+        """Adapter used for calls without ``adapter_names`` (None or "__base__": the base)."""
+        if name is not None and name != BASE:
+            self._require_adapter(name)
+        self.state.active = None if name == BASE else name
+
+    def delete_adapter(self, name: str) -> None:
+        self._require_adapter(name)
+        layers = self.frod_layers().values()
+        if any(m.merged_adapter == name for m in layers):
+            raise ValueError(f"adapter {name!r} is merged; unmerge_adapter() first")
+        for m in layers:
+            if name in m.frod_dl:
+                m.delete_adapter(name)
+        del self.adapter_configs[name]
+        if self.state.active == name:
+            self.state.active = None
+
+    # ---- forward --------------------------------------------------------------------------
+    def _routing(self, names) -> Routing:
+        if isinstance(names, str) or not hasattr(names, "__iter__"):
+            raise TypeError("adapter_names: expected a list with one adapter name per batch row")
+        names = list(names)
+        for n in names:
+            if n is not None and n != BASE and n not in self.adapter_configs:
+                raise KeyError(f"adapter_names: unknown adapter {n!r} (adapters: {self.adapters})")
+        return Routing(names)
+
+    @contextlib.contextmanager
+    def adapter_routing(self, adapter_names):
+        """Route batch row i to ``adapter_names[i]`` for calls inside the block (e.g.
+        ``generate``)."""
+        prev = self.state.routing
+        self.state.routing = self._routing(adapter_names)
+        try:
+            yield self
+        finally:
+            self.state.routing = prev
+
+    @contextlib.contextmanager
+    def disable_adapters(self):
+        """Run the plain base model inside the block."""
+        prev = self.state.disabled
+        self.state.disabled = True
+        try:
+            yield self
+        finally:
+            self.state.disabled = prev
+
+    def forward(self, *args, adapter_names=None, **kwargs):
+        """``self.model(*args, **kwargs)``; ``adapter_names`` routes batch rows to adapters."""
+        if adapter_names is None:
+            return self.model(*args, **kwargs)
+        with self.adapter_routing(adapter_names):
+            return self.model(*args, **kwargs)
+
+    # ---- merge ----------------------------------------------------------------------------
+    def merge_adapter(self, name: str) -> None:
+        _merge.merge_adapter(self, name)
+
+    def unmerge_adapter(self) -> None:
+        _merge.unmerge_adapter(self)
+
+    def merge_and_unload(self, name: str | None = None) -> nn.Module:
+        return _merge.merge_and_unload(self, name)
+
+    # ---- files ----------------------------------------------------------------------------
+    def adapter_file(self, name: str) -> AdapterFile:
+        """Adapter ``name`` as an :class:`AdapterFile` (tensors detached, on CPU)."""
+        return adapter_files.export_adapter(self, name)
+
+    def add_adapter_from_file(self, adapter: AdapterFile, name: str | None = None) -> None:
+        """Validate ``adapter`` fully against this model, then add it (nothing changes on error)."""
+        adapter_files.import_adapter(self, adapter, name)
+
+    def save_adapter(self, directory, name: str | None = None) -> None:
+        """Write adapter ``name`` (default: the active one) to ``directory``."""
+        name = name or self.state.active
+        if name is None:
+            raise ValueError("save_adapter: no adapter name given and none active")
+        write_adapter(directory, self.adapter_file(name))
+
+    def load_adapter(self, directory, name: str | None = None) -> str:
+        """Read, validate and add the adapter in ``directory``; returns its name. Raises
+        AdapterError (bad file / other base) or ValueError (name taken), model unchanged."""
+        adapter = read_adapter(directory, name)
+        self.add_adapter_from_file(adapter)
+        return adapter.name
+
+    # ---- optimisation ---------------------------------------------------------------------
+    def optimizer_param_groups(self, adapter_names=None, **kw) -> list[dict]:
+        """See :func:`frod_rt.method.optim.param_groups`."""
+        return _optim.param_groups(self, adapter_names, **kw)
+
+
+def get_frod_model(model: nn.Module, config: FrodConfig, adapter_name: str = "default",
+                   decomposition: Decomposition | None = None) -> FrodModel:
+    """Freeze ``model``'s parameters, decompose its targets (cached) and add adapter
+    ``adapter_name`` (dl = s = 0: outputs unchanged). Unfreeze heads yourself if needed."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return FrodModel(model, config, adapter_name, decomposition)

@@ -1,0 +1,79 @@
+"""State shared by every FRoD layer of one model: category bases V, sparse patterns, the
+active adapter and the per-row routing of the current forward call.
+
+Registered once on the FrodModel (so ``.to(device)`` moves it once); layers keep a plain
+reference and look tensors up by name at forward time.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import BASE
+from .patterns import sparse_pattern
+
+
+class Routing:
+    """Per-batch-row adapter names for one forward call (None = base), with cached ids."""
+
+    def __init__(self, names: list[str | None]):
+        self.names = [None if (n is None or n == BASE) else n for n in names]
+        self._cache: dict = {}
+
+    def ids_for(self, adapters: tuple[str, ...], device) -> tuple[torch.Tensor, list[str]]:
+        """(per-batch-row index into ``used`` or -1, ``used`` = adapters that occur, in order
+        of first occurrence) restricted to ``adapters`` (the ones a layer holds)."""
+        key = (adapters, str(device))
+        hit = self._cache.get(key)
+        if hit is None:
+            present = set(adapters)
+            used: list[str] = []
+            ids = []
+            for n in self.names:
+                if n is None or n not in present:
+                    ids.append(-1)
+                    continue
+                if n not in used:
+                    used.append(n)
+                ids.append(used.index(n))
+            hit = (torch.tensor(ids, dtype=torch.int32, device=device), used)
+            self._cache[key] = hit
+        return hit
+
+
+class FrodState(nn.Module):
+    """Holds the V of each category (buffer ``V_<i>``) and the shared patterns (buffers
+    ``P_<j>_rows`` / ``P_<j>_cols``), all non-persistent (they derive from the base)."""
+
+    def __init__(self):
+        super().__init__()
+        self._v_names: dict[str, str] = {}
+        self._p_names: dict[tuple, str] = {}
+        self.active: str | None = None
+        self.disabled = False
+        self.routing: Routing | None = None
+
+    def add_category(self, key: str, V: torch.Tensor) -> None:
+        name = f"V_{len(self._v_names)}"
+        self.register_buffer(name, V, persistent=False)
+        self._v_names[key] = name
+
+    def V(self, key: str) -> torch.Tensor:
+        return getattr(self, self._v_names[key])
+
+    def shared_pattern(self, seed_string: str, category: str, n: int, k: int) -> str:
+        """Name of the buffer pair holding ``sparse_pattern(seed_string, category, n, k)``,
+        drawn on first use."""
+        key = (seed_string, category, n, k)
+        name = self._p_names.get(key)
+        if name is None:
+            name = f"P_{len(self._p_names)}"
+            rows, cols = sparse_pattern(seed_string, category, n, k)
+            dev = next((b.device for b in self.buffers()), torch.device("cpu"))
+            self.register_buffer(name + "_rows", rows.to(dev), persistent=False)
+            self.register_buffer(name + "_cols", cols.to(dev), persistent=False)
+            self._p_names[key] = name
+        return name
+
+    def pattern(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, name + "_rows"), getattr(self, name + "_cols")
