@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -55,6 +56,9 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    # PEFT FRoD builds a sparse COO tensor in every forward; torch warns each time
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     out_dir = Path(args.out)
     for suite in (SUITES if args.suite == "all" else (args.suite,)):

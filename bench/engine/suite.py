@@ -23,7 +23,7 @@ SETTINGS = {
                  sparse_rate=0.01, adapters=[1, 4, 16, 32, 64, 256, 1024],
                  popularity=["uniform", "zipf"], repeats=3,
                  max_adapters={"peft_frod": 256, "merged": 256, "peft_lora": 1024}),
-    "quick": dict(model="quick", requests=512, prompt_len=16, max_tokens=8, max_batch=256,
+    "quick": dict(model="quick", requests=256, prompt_len=16, max_tokens=8, max_batch=256,
                   sparse_rate=0.01, adapters=[1, 8, 32, 256, 1024],
                   popularity=["uniform", "zipf"], repeats=2,
                   max_adapters={"peft_frod": 32, "merged": 32, "peft_lora": 32}),

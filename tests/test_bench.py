@@ -1,0 +1,102 @@
+"""The benchmark harness stays runnable: a tiny configuration of every suite runs in seconds,
+writes schema-valid JSON and its PNG plots. (Speeds are never asserted here.)"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import results as R
+from bench.run import parse_args, run_suite
+from bench.timing import measure, summarize
+
+pytest.importorskip("matplotlib")
+
+
+def _check_run(path, suite):
+    doc = R.load(path)                                    # schema check
+    assert doc["suite"] == suite and doc["device"] == "cpu" and doc["quick"] is True
+    assert doc["settings"]["mode"] == "tiny"
+    assert path.name.startswith(f"{suite}-cpu-") and path.suffix == ".json"
+    measured = [m for m in doc["measurements"] if "skipped" not in m]
+    assert measured, "no measurement taken"
+    for m in measured:
+        assert len(m["repeats"]) >= 1 and m["median"] > 0
+    assert doc["plots"], "no plot written"
+    for name in doc["plots"]:
+        png = path.parent / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert doc["headline"]
+    return doc, measured
+
+
+def test_layer_suite_tiny(tmp_path):
+    doc, measured = _check_run(run_suite("layer", "cpu", "tiny", tmp_path), "layer")
+    names = {m["contender"] for m in measured}
+    assert {"base_gemm", "dense3", "frod_factored", "frod_replace", "torch_loop",
+            "merged_loop"} <= names
+    for m in measured:
+        assert m["unit"] == "s" and m["ratio_to_floor"] > 0
+        if m["contender"] == "base_gemm":
+            assert m["ratio_to_floor"] == pytest.approx(1.0)
+        if "rel_err_vs_frod_factored" in m:                # every contender computed the same Y
+            assert m["rel_err_vs_frod_factored"] < 1e-4
+    assert "frod_factored_vs_floor" in doc["headline"]
+
+
+def test_engine_suite_tiny(tmp_path):
+    pytest.importorskip("peft")
+    doc, measured = _check_run(run_suite("engine", "cpu", "tiny", tmp_path), "engine")
+    names = {m["contender"] for m in measured}
+    assert {"frod_base", "frod_engine", "peft_frod", "peft_lora", "merged"} <= names
+    for m in measured:
+        assert m["unit"] == "tokens/s"
+        assert 0 < m["latency_p50_s"] <= m["latency_p99_s"]
+    sweeps = {m["sweep"] for m in measured}
+    assert {"base", "uniform", "zipf"} <= sweeps
+
+
+def test_train_suite_tiny(tmp_path):
+    pytest.importorskip("peft")
+    doc, measured = _check_run(run_suite("train", "cpu", "tiny", tmp_path), "train")
+    assert {m["contender"] for m in measured} == {"frod_mixed", "peft_seq"}
+    for m in measured:
+        assert m["model_mb"] > 0 and torch.isfinite(torch.tensor(m["loss_last"]))
+
+
+def test_summarize_and_measure():
+    s = summarize([3.0, 1.0, 2.0, 4.0, 5.0])
+    assert s["median"] == 3.0 and s["q1"] == 2.0 and s["q3"] == 4.0 and s["iqr"] == 2.0
+    assert s["repeats"] == [3.0, 1.0, 2.0, 4.0, 5.0]
+    calls = []
+    m = measure(lambda: calls.append(1), warmup=2, repeats=3, inner=4)
+    assert len(calls) == 2 + 3 * 4 and len(m["repeats"]) == 3
+    with pytest.raises(ValueError):
+        summarize([])
+    with pytest.raises(ValueError):
+        measure(lambda: None, repeats=0)
+
+
+def test_validate_rejects_bad_documents(tmp_path):
+    res = R.Results("layer", "cpu", True, {"cpu_model": "x", "cpu_cores": 1, "torch": "t",
+                                           "frod_rt": "f", "git_commit": None}, {})
+    res.add("s", "c", {"a": 1}, summarize([1.0, 2.0]), metric="seconds", unit="s")
+    res.skip("s", "d", {"a": 1}, "too big")
+    path = res.save(tmp_path)
+    doc = json.loads(path.read_text())
+    R.validate(doc)
+    for broken in (dict(doc, schema="other"), {k: v for k, v in doc.items() if k != "machine"},
+                   dict(doc, measurements=[dict(doc["measurements"][0], repeats=[])]),
+                   dict(doc, measurements=[dict(doc["measurements"][0], q1=9.0)])):
+        with pytest.raises(ValueError):
+            R.validate(broken)
+
+
+def test_cli_arguments():
+    a = parse_args(["layer", "--quick", "--device", "cpu", "--out", "x"])
+    assert a.suite == "layer" and a.quick and a.out == "x"
+    with pytest.raises(SystemExit):
+        parse_args(["nosuchsuite"])
+    with pytest.raises(SystemExit):
+        parse_args(["layer", "--quick", "--tiny"])
