@@ -11,6 +11,8 @@ zero-argument callable computing ``Y (T, out)`` for all rows; work a server woul
     torch_gather    the same, vectorised over rows: Z*dl[ids], index_add of Z[:, cols]*s[ids]
     merged_loop     what PEFT effectively does: per adapter W' = W + U(diag(dl)+S)V^T,
                     then X_a W'^T (the merge is recomputed every call)
+    frod_merged     frod_rt's own materialised form (frod_rt.method.dense_path.delta_weight):
+                    per adapter W' = W + dW built each call, then X_a W'^T
     merged_cached   W'_a precomputed for every adapter (A weight copies), one GEMM per segment
 """
 from __future__ import annotations
@@ -54,12 +56,21 @@ def dense3(p: LayerProblem) -> Callable:
     return fn
 
 
+def _need_kernels(p: LayerProblem) -> None:
+    if p.x.is_cuda:
+        import frod_rt
+        if not frod_rt.cuda_kernels_built():
+            raise Skip("frod_rt was built without its CUDA kernels (FROD_CUDA=AUTO tools/dev_build.sh)")
+
+
 def frod_factored(p: LayerProblem) -> Callable:
+    _need_kernels(p)
     return lambda: frod_linear(p.x, p.W, None, p.V, p.U, p.seg_indptr, p.seg_adapter, p.dl, p.s,
                                p.rows, p.cols)
 
 
 def frod_replace(p: LayerProblem) -> Callable:
+    _need_kernels(p)
     dlp = (p.dl + p.l).contiguous()   # stored once per adapter by a server
 
     def fn():
@@ -106,6 +117,22 @@ def merged_loop(p: LayerProblem) -> Callable:
     return fn
 
 
+def frod_merged(p: LayerProblem) -> Callable:
+    try:
+        from frod_rt.method.dense_path import delta_weight
+    except ImportError as e:
+        raise Skip(f"frod_rt.method.dense_path not available ({e})") from e
+    segs = _segments(p)
+
+    def fn():
+        y = torch.empty(p.x.shape[0], p.W.shape[0], dtype=p.x.dtype, device=p.x.device)
+        for t0, t1, a in segs:
+            Wa = p.W + delta_weight(p.U, p.V, p.dl[a], p.s[a], p.rows, p.cols)
+            torch.mm(p.x[t0:t1], Wa.t(), out=y[t0:t1])
+        return y
+    return fn
+
+
 def merged_cached(p: LayerProblem) -> Callable:
     A = p.num_adapters
     need = A * p.W.numel() * p.W.element_size()
@@ -132,8 +159,9 @@ CONTENDERS: dict[str, Callable[[LayerProblem], Callable]] = {
     "torch_loop": torch_loop,
     "torch_gather": torch_gather,
     "merged_loop": merged_loop,
+    "frod_merged": frod_merged,
     "merged_cached": merged_cached,
 }
 # contenders whose output is the adapted layer (checked against frod_factored)
 ADAPTED = ("frod_factored", "frod_replace", "torch_loop", "torch_gather", "merged_loop",
-           "merged_cached")
+           "frod_merged", "merged_cached")

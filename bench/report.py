@@ -1,0 +1,75 @@
+"""Markdown summary of result files: ``python -m bench.report bench/results/*.json``.
+
+Prints, per file, the machine line, the headline ratios and a table of medians (with IQR) per
+sweep and contender, so bench/README.md quotes numbers straight from the JSON.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from .results import load
+
+
+def _fmt(x: float) -> str:
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def markdown(path: Path) -> str:
+    doc = load(path)
+    m = doc["machine"]
+    lines = [f"### {doc['suite']} ({doc['device']}, {doc['settings'].get('mode')}) - `{path.name}`",
+             "",
+             f"{m['cpu_model']}, {m['cpu_cores']} cores, torch {m['torch']}, frod_rt "
+             f"{m['frod_rt']}, commit `{(m['git_commit'] or '?')[:12]}`, {doc['created']}",
+             "", "Headline: " + ", ".join(f"`{k}` = {v}" for k, v in doc["headline"].items()
+                                          if k not in ("at", "goal", "goals")), ""]
+    by = defaultdict(dict)
+    keys: dict[str, list[str]] = {}
+    done = [x for x in doc["measurements"] if "skipped" not in x]
+    vary = defaultdict(set)
+    for x in done:
+        for k, v in x["params"].items():
+            vary[(x["sweep"], k)].add(v)
+    for x in done:
+        shown = [k for k in x["params"] if len(vary[(x["sweep"], k)]) > 1] or list(x["params"])[:1]
+        pk = ", ".join(f"{k}={x['params'][k]}" for k in shown)
+        if pk not in keys.setdefault(x["sweep"], []):
+            keys[x["sweep"]].append(pk)
+        val = (f"{_fmt(x['ratio_to_floor'])}x" if "ratio_to_floor" in x else
+               f"{_fmt(x['median'])} ±{_fmt(x['iqr'] / 2)}")
+        by[(x["sweep"], pk)][x["contender"]] = val
+    for sweep, pks in keys.items():
+        names = sorted({c for pk in pks for c in by[(sweep, pk)]})
+        unit = next(x["unit"] for x in doc["measurements"]
+                    if "skipped" not in x and x["sweep"] == sweep)
+        what = "time / base GEMM" if doc["suite"] == "layer" else f"median {unit} ±IQR/2"
+        lines += [f"Sweep `{sweep}` ({what}):", "",
+                  "| params | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for pk in pks:
+            lines.append(f"| {pk} | " + " | ".join(by[(sweep, pk)].get(n, "-") for n in names)
+                         + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for a in args:
+        print(markdown(Path(a)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
