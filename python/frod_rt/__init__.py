@@ -17,3 +17,8 @@ from .method import (AdapterError, Decomposition, FrodConfig, FrodModel, decompo
 
 __all__ += ["decompose", "Decomposition", "FrodConfig", "get_frod_model", "FrodModel",
             "read_adapter", "write_adapter", "AdapterError"]
+
+# serving engine (python/frod_rt/engine; transformers is imported lazily)
+from .engine import Engine, SamplingParams  # noqa: E402
+
+__all__ += ["Engine", "SamplingParams"]

@@ -153,24 +153,31 @@ class AdapterManager:
         return name in self.entries
 
     def _decomposition_for(self, file):
-        """The base decomposition covering ``file``'s layers (recomputed over the union of
-        target modules when a new adapter targets more)."""
+        """The base decomposition covering ``file``'s layers. When a new adapter targets
+        layers not decomposed yet, the base is decomposed again over the union of the layer
+        names (cached on disk per category, so categories already served are unchanged)."""
+        import math
+
         from ..method.decompose import decompose
-        need = [n for n in file.layers]
         d = self.decomposition
-        if d is not None and all(n in d.layers for n in need):
-            return d
-        targets = list(dict.fromkeys(self.targets + list(file.config.target_modules)))
-        d_new = decompose(self.model, targets, alpha=file.config.alpha,
-                          cache_dir=self.cache_dir, progress=self.progress)
-        return d_new
+        if d is not None and (all(n in d.layers for n in file.layers)
+                              or not math.isclose(d.alpha, file.config.alpha, rel_tol=1e-12)):
+            return d                      # covered, or check_against reports the alpha clash
+        names = set(d.layers) if d is not None else set()
+        for c in file.config.categories.values():
+            names.update(c["layers"])
+        return decompose(self.model, sorted(names), alpha=file.config.alpha,
+                         cache_dir=self.cache_dir, progress=self.progress)
 
     def _read(self, name: str, path: Path):
-        from ..method.adapter_io import check_against, read_adapter
+        from ..method.adapter_io import AdapterError, check_against, read_adapter
         f = read_adapter(path, name=name)
         with self.lock:
             d = self._decomposition_for(f)
         check_against(f, d)
+        if f.config.seed != 0 and any(x.rows is None for x in f.layers.values()):
+            raise AdapterError(f"adapter {name!r}: a non-default pattern seed ({f.config.seed}) "
+                               "without stored rows/cols is not supported by the engine")
         return f, d
 
     def add(self, name: str, path) -> None:
@@ -366,8 +373,9 @@ class AdapterManager:
                     rows, cols = delta.rows, delta.cols
                 else:
                     k = int(delta.s.shape[0])
-                    key = ("std", f.config.base_fingerprint, cp.key, k)
-                    rows, cols = sparse_pattern(f.config.base_fingerprint, cp.key, cp.n, k)
+                    seed_key = self.decomposition.pattern_seed_key(cp.key)
+                    key = ("std", seed_key, cp.key, k)
+                    rows, cols = sparse_pattern(seed_key, cp.key, cp.n, k)
                 cp.set_slot(a, key, rows.to(torch.int32), cols.to(torch.int32))
             k = int(delta.s.shape[0])
             lt.ldl[a] = (lt.l.double() + delta.dl.double().to(self.device)).to(self.dtype)

@@ -127,13 +127,14 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, self.pool, max_seqs, max_tokens, chunk)
         self.runner = ModelRunner(m, self.kv, self.device)
         self.sampler = Sampler()
-        eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        if eos is None:
-            eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if eos is None:
-            eos = getattr(cfg, "eos_token_id", None)
-        self.eos_token_ids = set(eos if isinstance(eos, (list, tuple)) else
-                                 ([] if eos is None else [eos]))
+        # EOS: the tokenizer's and the model's generation config's (either stops a request)
+        eos: set[int] = set()
+        for src in (getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None,
+                    getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                    getattr(cfg, "eos_token_id", None)):
+            if src is not None:
+                eos.update(src if isinstance(src, (list, tuple)) else [src])
+        self.eos_token_ids = eos
 
     # ---- construction --------------------------------------------------------------------
     @classmethod

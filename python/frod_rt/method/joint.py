@@ -56,7 +56,16 @@ def joint_basis(weights: list[torch.Tensor], alpha: float = 1e-3
         T = torch.zeros(in_f, in_f, dtype=torch.float64)
         for i in range(L):
             Qi = Q[i * out_f:(i + 1) * out_f]
-            T += _spd_inverse(Qi.T @ Qi + alpha * eye)
+            if out_f < in_f:
+                # Woodbury: inv(alpha I + Qi^T Qi) = (I - Qi^T inv(alpha I + Qi Qi^T) Qi) / alpha,
+                # an out x out solve instead of an in x in inverse.
+                small = Qi @ Qi.T + alpha * torch.eye(out_f, dtype=torch.float64)
+                chol, info = torch.linalg.cholesky_ex(small)
+                X = (torch.cholesky_solve(Qi, chol) if int(info) == 0
+                     else torch.linalg.solve(small, Qi))
+                T += (eye - Qi.T @ X) / alpha
+            else:
+                T += _spd_inverse(Qi.T @ Qi + alpha * eye)
         T /= L
         T = 0.5 * (T + T.T)
         _, E = torch.linalg.eigh(T)

@@ -3,7 +3,6 @@ texts (no padding: each text attends to its own tokens); linear layers routed th
 from __future__ import annotations
 
 import torch
-from transformers.activations import ACT2FN
 
 from .batch import AdapterBatch, AttnBatch
 from .layers import AdaptedLinear, attention
@@ -15,6 +14,7 @@ class BertEncoder:
     ARCHS = ("BertModel", "BertForSequenceClassification")
 
     def __init__(self, hf):
+        from transformers.activations import ACT2FN
         self.hf = hf
         cfg = hf.config
         self.config = cfg

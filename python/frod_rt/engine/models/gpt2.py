@@ -3,7 +3,6 @@ linear layers (Conv1D c_attn/c_proj/c_fc) routed through FRoD."""
 from __future__ import annotations
 
 import torch
-from transformers.activations import ACT2FN
 
 from .batch import AdapterBatch, AttnBatch
 from .layers import AdaptedLinear, attention
@@ -15,6 +14,7 @@ class GPT2Model:
     ARCHS = ("GPT2LMHeadModel",)
 
     def __init__(self, hf):
+        from transformers.activations import ACT2FN
         self.hf = hf
         cfg = hf.config
         self.config = cfg

@@ -3,7 +3,6 @@ over a flat token batch with the paged KV cache; linear layers routed through FR
 from __future__ import annotations
 
 import torch
-from transformers.activations import ACT2FN
 
 from .batch import AdapterBatch, AttnBatch
 from .layers import AdaptedLinear, attention
@@ -18,6 +17,7 @@ class LlamaModel:
     ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 
     def __init__(self, hf):
+        from transformers.activations import ACT2FN
         self.hf = hf
         cfg = hf.config
         self.config = cfg
