@@ -3,15 +3,41 @@ writes schema-valid JSON and its PNG plots. (Speeds are never asserted here.)"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from bench import results as R
-from bench.run import parse_args, run_suite
+from bench.run import parse_args
 from bench.timing import measure, summarize
 
 pytest.importorskip("matplotlib")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """``python -m bench all --tiny`` once, through the real entry point (its own process, so
+    the benchmark's OpenMP settings apply). Returns {suite: json path}."""
+    pytest.importorskip("peft")
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "python"), str(ROOT),
+                                                     env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", "bench", "all", "--tiny", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    paths = {}
+    for suite in ("layer", "engine", "train"):
+        found = sorted(out.glob(f"{suite}-cpu-*.json"))
+        assert len(found) == 1, f"{suite}: expected one JSON in {out}, got {found}"
+        assert f"wrote {found[0]}" in proc.stdout
+        paths[suite] = found[0]
+    return paths
 
 
 def _check_run(path, suite):
@@ -31,8 +57,8 @@ def _check_run(path, suite):
     return doc, measured
 
 
-def test_layer_suite_tiny(tmp_path):
-    doc, measured = _check_run(run_suite("layer", "cpu", "tiny", tmp_path), "layer")
+def test_layer_suite_tiny(tiny_runs):
+    doc, measured = _check_run(tiny_runs["layer"], "layer")
     names = {m["contender"] for m in measured}
     assert {"base_gemm", "dense3", "frod_factored", "frod_replace", "torch_loop",
             "merged_loop"} <= names
@@ -47,9 +73,8 @@ def test_layer_suite_tiny(tmp_path):
     assert "frod_factored_vs_floor" in doc["headline"]
 
 
-def test_engine_suite_tiny(tmp_path):
-    pytest.importorskip("peft")
-    doc, measured = _check_run(run_suite("engine", "cpu", "tiny", tmp_path), "engine")
+def test_engine_suite_tiny(tiny_runs):
+    doc, measured = _check_run(tiny_runs["engine"], "engine")
     names = {m["contender"] for m in measured}
     assert {"frod_base", "frod_engine", "peft_frod", "peft_lora", "merged"} <= names
     for m in measured:
@@ -59,9 +84,8 @@ def test_engine_suite_tiny(tmp_path):
     assert {"base", "uniform", "zipf"} <= sweeps
 
 
-def test_train_suite_tiny(tmp_path):
-    pytest.importorskip("peft")
-    doc, measured = _check_run(run_suite("train", "cpu", "tiny", tmp_path), "train")
+def test_train_suite_tiny(tiny_runs):
+    doc, measured = _check_run(tiny_runs["train"], "train")
     assert {m["contender"] for m in measured} == {"frod_mixed", "peft_seq"}
     for m in measured:
         assert m["model_mb"] > 0 and torch.isfinite(torch.tensor(m["loss_last"]))

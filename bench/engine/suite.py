@@ -15,7 +15,7 @@ from ..timing import summarize
 from . import frod_contenders as fc
 from . import peft_contenders as pc
 from .hf_serve import chunks, serve_batches
-from .model import describe, make_base
+from .model import clone, describe, make_base
 from .workload import make_workload
 
 SETTINGS = {
@@ -28,7 +28,7 @@ SETTINGS = {
                   popularity=["uniform", "zipf"], repeats=2,
                   max_adapters={"peft_frod": 32, "merged": 32, "peft_lora": 32}),
     "tiny": dict(model="tiny", requests=8, prompt_len=4, max_tokens=2, max_batch=8,
-                 sparse_rate=0.05, adapters=[1, 2], popularity=["uniform", "zipf"], repeats=1,
+                 sparse_rate=0.05, adapters=[2], popularity=["uniform", "zipf"], repeats=1,
                  max_adapters={"peft_frod": 2, "merged": 2, "peft_lora": 2}),
 }
 WARMUP_REQUESTS = 8
@@ -74,11 +74,12 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
     results.add("base", "frod_base", {"adapters": 0}, stats, metric="tokens_per_s",
                 unit="tokens/s", setup_s=setup, **ex)
     del eng
-    hf = base.to(device)
+    hf = clone(base).to(device)
     stats, ex = _timed(lambda w: serve_batches(((None, part, {}) for part in chunks(
         list(range(len(w.prompts))), mb)), hf, w, device), wl, rep)
     results.add("base", "hf_base", {"adapters": 0}, stats, metric="tokens_per_s",
                 unit="tokens/s", **ex)
+    del hf
 
     for N in tqdm(st["adapters"], desc="engine", unit="adapter count"):
         wls = {pop: make_workload(num_adapters=N, popularity=pop, **wl_kw)

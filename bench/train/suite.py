@@ -13,12 +13,12 @@ from ..timing import summarize
 from .contenders import CONTENDERS, batches
 
 SETTINGS = {
-    "full": dict(model="full", rows_per_adapter=4, seq_len=64, steps=6, sparse_rate=0.01,
+    "full": dict(model="full", rows_per_adapter=4, seq_len=64, steps=8, sparse_rate=0.01,
                  adapters=[1, 4, 16, 32, 64, 128], max_adapters={"peft_seq": 64}),
-    "quick": dict(model="quick", rows_per_adapter=2, seq_len=32, steps=4, sparse_rate=0.01,
+    "quick": dict(model="quick", rows_per_adapter=2, seq_len=32, steps=6, sparse_rate=0.01,
                   adapters=[1, 4, 16, 32], max_adapters={"peft_seq": 32}),
     "tiny": dict(model="tiny", rows_per_adapter=2, seq_len=8, steps=3, sparse_rate=0.05,
-                 adapters=[1, 2], max_adapters={"peft_seq": 2}),
+                 adapters=[2], max_adapters={"peft_seq": 2}),
 }
 
 
