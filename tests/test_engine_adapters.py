@@ -190,3 +190,35 @@ def test_adapter_file_broken_after_registration(tmp_path, gen):
     assert done == {ra: "abort", rb: "length"}
     assert "format_version" in seqs[ra].error
     assert eng.generate([1, 2, 3], adapter="c", max_tokens=3)[0].finish_reason == "length"
+
+
+def test_merge_hot_opt_in_matches_replace_form(tmp_path, gen):
+    model = toy_llama(vocab_size=97, hidden=32, intermediate=48, eos_token_id=None, std=0.1)
+    for i in range(3):
+        random_adapter(model, tmp_path / f"h{i}", LLAMA_T if i else ["q_proj", "v_proj"],
+                       seed=i, cache_dir=tmp_path)
+    dirs = [tmp_path / f"h{i}" for i in range(3)]
+    plain = Engine.load(model, adapters=dirs, cache_dir=tmp_path, record_logits=True)
+    hot = Engine.load(model, adapters=dirs, cache_dir=tmp_path, record_logits=True,
+                      merge_hot=["h0", "h2"], device_adapter_capacity=2)
+    prompts = _prompts(9, 97, gen)
+    names = ["h0", None, "h1", "h2", "h0", "h1", None, "h2", "h0"]
+    sp = SamplingParams(max_tokens=6, ignore_eos=True)
+
+    def run(eng):
+        ids = [eng.add_request(p, a, sp) for p, a in zip(prompts, names)]
+        seqs = [eng.get_sequence(i) for i in ids]
+        while eng.has_unfinished():
+            eng.step()
+        return seqs
+
+    for a, b in zip(run(plain), run(hot)):
+        assert a.output_ids == b.output_ids
+        torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=2e-4,
+                                   rtol=1e-3)
+    # merged weights exist only for hot adapters on the device, and go with eviction
+    merged = [lt.merged for lt in hot.pool.tables.values()]
+    assert any(merged) and all(len(m) <= 2 for m in merged)
+    hot_slots = {e.slot for e in hot.pool.entries.values() if e.name in ("h0", "h2")
+                 and e.slot >= 0}
+    assert all(set(m) <= hot_slots for m in merged)

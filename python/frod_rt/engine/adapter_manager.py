@@ -91,6 +91,7 @@ class LayerTables:
         self.ldl = l.new_zeros(A, l.shape[0])
         self.s = l.new_zeros(A, cat.kcap)
         self.target_slots: set[int] = set()
+        self.merged: dict[int, torch.Tensor] = {}      # slot -> W' (out, n) of a hot adapter
         cat.layers.append(self)
 
     def pattern(self, slots) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +117,8 @@ class AdapterManager:
     """
 
     def __init__(self, model, device, dtype, device_capacity: int = 16,
-                 host_capacity: int = 64, cache_dir=None, progress: bool = False):
+                 host_capacity: int = 64, cache_dir=None, progress: bool = False,
+                 merge_hot=()):
         if device_capacity < 1:
             raise ValueError(f"device_adapter_capacity: expected >= 1, got {device_capacity}")
         if host_capacity < 1:
@@ -128,6 +130,9 @@ class AdapterManager:
         self.host_capacity = host_capacity
         self.cache_dir = cache_dir
         self.progress = progress
+        if isinstance(merge_hot, str):
+            merge_hot = [merge_hot]
+        self.hot: set[str] = set(merge_hot or ())
         self.lock = threading.RLock()
         self.entries: dict[str, _Entry] = {}
         self.host_lru: OrderedDict[str, None] = OrderedDict()
@@ -333,6 +338,7 @@ class AdapterManager:
             lt = self.tables.get(name)
             if lt is not None:
                 lt.target_slots.discard(a)
+                lt.merged.pop(a, None)
         self.device_lru.pop(a, None)
         e.slot = -1
         self.slot_entry[a] = None
@@ -382,7 +388,17 @@ class AdapterManager:
             lt.s[a].zero_()
             lt.s[a, :k] = delta.s.to(self.device, self.dtype)
             lt.target_slots.add(a)
+            if e.name in self.hot:
+                lt.merged[a] = self._merge(lt, a, k)
         self.loads_total += 1
+
+    def _merge(self, lt: LayerTables, a: int, k: int) -> torch.Tensor:
+        """W' = U (diag(l + dl) + S) V^T of slot ``a`` in float64, stored in the model dtype."""
+        cp = lt.cat
+        M = torch.diag(lt.ldl[a].double())
+        rows, cols = cp.rows_slots[a, :k].long(), cp.cols_slots[a, :k].long()
+        M.index_put_((rows, cols), lt.s[a, :k].double(), accumulate=True)
+        return (lt.U.double() @ M @ lt.V.double().T).to(self.dtype).contiguous()
 
     def layer_tables(self, name: str) -> LayerTables | None:
         """Tables of layer ``name``, or None when no adapter ever targeted it."""

@@ -43,6 +43,7 @@ _LIMITS = {
     "host_adapter_capacity": 256,   # parsed adapters kept in host memory
     "cache_dir": None,              # decomposition cache directory
     "progress": False,              # progress bar while decomposing
+    "merge_hot": (),                # adapter names served with a merged weight (opt-in)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
 }
 
@@ -91,7 +92,8 @@ class Engine:
         self.pool = AdapterManager(model, self.device, self.dtype,
                                    device_capacity=int(lim["device_adapter_capacity"]),
                                    host_capacity=int(lim["host_adapter_capacity"]),
-                                   cache_dir=lim["cache_dir"], progress=bool(lim["progress"]))
+                                   cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
+                                   merge_hot=lim["merge_hot"])
         self._lock = threading.Lock()            # guards the incoming / abort queues
         self._model_lock = threading.RLock()     # one forward at a time
         self._incoming: deque[Sequence] = deque()

@@ -8,6 +8,7 @@ call with more targets on the same base, only computes what is new.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -34,11 +35,28 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "frod_rt"
 
 
+@contextlib.contextmanager
+def _threads_for(flops: float):
+    """Run small LAPACK problems on one thread: for tiny matrices the OpenMP fork/join costs
+    far more than the work (and is worse still on a busy machine)."""
+    prev = torch.get_num_threads()
+    small = flops < 5e7 and prev > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(prev)
+
+
 def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype
                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """V (in, in), [U_i (out, in)], [l_i (in,)] of one category, computed in float64 on CPU and
     returned in ``dtype`` on CPU."""
-    V, Bs = joint_basis(weights, alpha)
+    out_f, in_f = weights[0].shape
+    with _threads_for(len(weights) * out_f * in_f * in_f):
+        V, Bs = joint_basis(weights, alpha)
     Us, ls = [], []
     for B in Bs:
         U, lam = scale_split(B)

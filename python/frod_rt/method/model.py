@@ -67,7 +67,10 @@ class FrodModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None:
+                raise
+            return getattr(model, name)
 
     def frod_layers(self) -> dict[str, FrodLinear]:
         """Base layer name -> FrodLinear."""

@@ -26,6 +26,28 @@ class AttnBatch:
     kv_cache: object | None = None      # block_manager.KVCache
     _masks: dict = field(default_factory=dict)
 
+    _decode: tuple | None = None
+
+    def decode_group(self, device):
+        """Sequences feeding one token with earlier context in the cache, attended together:
+        (indices into the sequence lists, their rows (B,), padded block tables (B, nb),
+        key mask (B, 1, 1, nb * block_size)) or None when there are fewer than two."""
+        if self._decode is None:
+            idx = [i for i, (q, c) in enumerate(zip(self.q_lens, self.ctx_lens)) if q == 1 and c > 1]
+            if len(idx) < 2 or self.kv_cache is None:
+                self._decode = ()
+            else:
+                nb = max(self.block_tables[i].shape[0] for i in idx)
+                bt = torch.zeros(len(idx), nb, dtype=torch.long, device=device)
+                for j, i in enumerate(idx):
+                    bt[j, : self.block_tables[i].shape[0]] = self.block_tables[i]
+                L = nb * self.kv_cache.block_size
+                ctx = torch.tensor([self.ctx_lens[i] for i in idx], device=device)
+                mask = (torch.arange(L, device=device)[None, :] < ctx[:, None])[:, None, None, :]
+                rows = torch.tensor([self.starts[i] for i in idx], dtype=torch.long, device=device)
+                self._decode = (idx, rows, bt, mask)
+        return self._decode or None
+
     def causal_mask(self, q_len: int, ctx_len: int, device) -> torch.Tensor | None:
         """Bool mask (q_len, ctx_len), True = may attend; None when no masking is needed."""
         if not self.causal or q_len == 1:
@@ -69,27 +91,32 @@ class AdapterBatch:
     def any_adapted(self) -> bool:
         return bool(self.slots_present)
 
-    def plan(self, targets: frozenset[int]) -> "RowPlan":
-        """Row split for a layer targeted by the adapters in slots ``targets``."""
-        key = frozenset(a for a in self.slots_present if a in targets)
+    def plan(self, targets, hot=()) -> "RowPlan":
+        """Row split for a layer targeted by the adapters in slots ``targets``, of which those
+        in ``hot`` have a merged weight."""
+        key = (frozenset(a for a in self.slots_present if a in targets),
+               frozenset(a for a in self.slots_present if a in hot))
         p = self._plans.get(key)
         if p is None:
-            p = RowPlan(self.runs, key, self.device)
+            p = RowPlan(self.runs, key[0] - key[1], self.device, key[1])
             self._plans[key] = p
         return p
 
 
 class RowPlan:
-    """W rows vs replace rows of one layer. ``w_rows``/``r_rows`` are slices when the rows
-    are contiguous, else int64 index tensors; ``seg_indptr``/``seg_slot`` (int32) index the
-    replace rows after gathering."""
+    """W rows vs replace rows vs merged (hot) rows of one layer. ``w_rows``/``r_rows`` are
+    slices when W rows come first and the replace rows after them, else int64 index tensors;
+    ``seg_indptr``/``seg_slot`` (int32) index the replace rows after gathering; ``hot_runs``
+    lists (start, end, slot) of rows using a merged weight."""
 
-    def __init__(self, runs, adapted: frozenset[int], device):
-        w_runs = [(s, e) for s, e, a in runs if a not in adapted]
+    def __init__(self, runs, adapted: frozenset[int], device, hot: frozenset[int] = frozenset()):
+        self.hot_runs = [(s, e, a) for s, e, a in runs if a in hot]
+        w_runs = [(s, e) for s, e, a in runs if a not in adapted and a not in hot]
         r_runs = [(s, e, a) for s, e, a in runs if a in adapted]
         self.num_r = sum(e - s for s, e, _ in r_runs)
         self.num_w = sum(e - s for s, e in w_runs)
-        self.contiguous = all(r_runs[0][0] >= e for s, e in w_runs) if r_runs else True
+        self.contiguous = not self.hot_runs and (
+            all(r_runs[0][0] >= e for s, e in w_runs) if r_runs else True)
         if self.contiguous:
             split = r_runs[0][0] if r_runs else sum(e - s for s, e, _ in runs)
             self.w_rows = slice(0, split)
@@ -97,7 +124,8 @@ class RowPlan:
         else:
             self.w_rows = torch.cat([torch.arange(s, e) for s, e in w_runs]).to(device) \
                 if w_runs else None
-            self.r_rows = torch.cat([torch.arange(s, e) for s, e, _ in r_runs]).to(device)
+            self.r_rows = torch.cat([torch.arange(s, e) for s, e, _ in r_runs]).to(device) \
+                if r_runs else None
         indptr, slots, t = [0], [], 0
         for s, e, a in r_runs:
             t += e - s

@@ -28,7 +28,9 @@ class AdaptedLinear:
         Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_segments) ;  y = H U^T + b
 
     The GEMMs ``X V`` and ``H U^T`` are shared by all adapted rows of the batch, and the row
-    split depends only on each row's own adapter (batch invariance).
+    split depends only on each row's own adapter (batch invariance). Adapters marked hot
+    (``merge_hot``, opt-in) instead use a materialised ``W'_a`` while on the device: one GEMM
+    per hot adapter's rows.
     """
 
     def __init__(self, name: str, module):
@@ -43,22 +45,27 @@ class AdaptedLinear:
         lt = ab.pool.layer_tables(self.name)
         if lt is None:
             return F.linear(x, self.weight, self.bias)
-        plan = ab.plan(lt.target_slots)
-        if plan.num_r == 0:
+        plan = ab.plan(lt.target_slots, lt.merged)
+        if plan.num_r == 0 and not plan.hot_runs:
             return F.linear(x, self.weight, self.bias)
-        rows, cols = lt.pattern(plan.slots)
-        xr = x[plan.r_rows]
-        z = xr @ lt.V
-        h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, lt.ldl, lt.s, rows, cols)
-        yr = F.linear(h, lt.U, self.bias)
-        if plan.num_w == 0:
-            return yr
-        yw = F.linear(x[plan.w_rows], self.weight, self.bias)
+        yr = None
+        if plan.num_r:
+            rows, cols = lt.pattern(plan.slots)
+            z = x[plan.r_rows] @ lt.V
+            h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, lt.ldl, lt.s, rows, cols)
+            yr = F.linear(h, lt.U, self.bias)
+            if plan.num_w == 0 and not plan.hot_runs:
+                return yr
+        yw = F.linear(x[plan.w_rows], self.weight, self.bias) if plan.num_w else None
         if plan.contiguous:
             return torch.cat([yw, yr], 0)
-        y = torch.empty(x.shape[0], self.out_features, dtype=yr.dtype, device=yr.device)
-        y.index_copy_(0, plan.w_rows, yw)
-        y.index_copy_(0, plan.r_rows, yr)
+        y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+        if yw is not None:
+            y.index_copy_(0, plan.w_rows, yw)
+        if yr is not None:
+            y.index_copy_(0, plan.r_rows, yr)
+        for s, e, a in plan.hot_runs:          # opt-in merged weights of hot adapters
+            y[s:e] = F.linear(x[s:e], lt.merged[a], self.bias)
         return y
 
 
@@ -69,7 +76,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, att
     q: (T, Hq, D); k, v: (T, Hkv, D) for the batch's new tokens. With a KV cache the new K/V
     are written to their slots first and every sequence attends to its gathered blocks;
     without one (encoders) each sequence attends to its own rows. Returns (T, Hq * D).
-    Each sequence is computed alone, so its result does not depend on its batch mates.
+    Prefill chunks are computed one sequence at a time; decode rows (one new token each) in
+    one padded, masked call.
     """
     T, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -80,7 +88,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, att
         vc.view(-1, Hkv, D).index_copy_(0, attn.slot_mapping, v)
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
     gqa = Hq != Hkv
+    group = attn.decode_group(q.device) if cache is not None else None
+    done = set()
+    if group is not None:
+        # decode rows together: their blocks gathered into a padded (B, L) context, padding
+        # masked out (masked keys get weight exactly 0, so a row's result does not depend on
+        # how far its batch mates' contexts reach)
+        idx, rows, bt, mask = group
+        B, nb = bt.shape
+        ks = kc[bt].reshape(B, nb * kc.shape[1], Hkv, D).transpose(1, 2)
+        vs = vc[bt].reshape(B, nb * kc.shape[1], Hkv, D).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q[rows][:, :, None, :], ks, vs, attn_mask=mask,
+                                           scale=scale, enable_gqa=gqa)
+        out[rows] = o[:, :, 0, :]
+        done = set(idx)
     for i, s in enumerate(attn.starts):
+        if i in done:
+            continue
         ql, cl = attn.q_lens[i], attn.ctx_lens[i]
         if cache is None or cl == ql:
             ki, vi = k[s:s + ql], v[s:s + ql]
