@@ -26,8 +26,9 @@ def tiny_runs(tmp_path_factory):
     pytest.importorskip("peft")
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "python"), str(ROOT),
-                                                     env.get("PYTHONPATH", "")) if p)
+    import frod_rt        # the child imports the same frod_rt as this process (installed or in-tree)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(frod_rt.__file__).parent.parent),
+                                                     str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-m", "bench", "all", "--tiny", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

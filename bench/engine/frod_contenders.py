@@ -41,16 +41,18 @@ def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Pat
 
 
 def build_engine(base, adapters: dict[str, Path], device: str, max_batch: int,
-                 max_len: int, cache_dir: Path):
-    """A frod_rt Engine over a copy of ``base`` with every adapter resident on the device.
-    Returns (engine, setup_seconds)."""
+                 max_len: int, cache_dir: Path, merge_hot=()):
+    """A frod_rt Engine over a copy of ``base`` with every adapter resident on the device
+    (``merge_hot``: adapter names served through materialised weights, the engine's opt-in
+    merged variant). Returns (engine, setup_seconds)."""
     from frod_rt.engine import Engine
     t0 = time.perf_counter()
     n = max(1, len(adapters))
     eng = Engine.load(clone(base), adapters=adapters or None, device=device,
                       max_num_seqs=max_batch, max_batch_tokens=max(2 * max_batch, 512),
                       kv_cache_tokens=max_batch * max_len * 2, max_waiting=1 << 20,
-                      device_adapter_capacity=n, host_adapter_capacity=n, cache_dir=cache_dir)
+                      device_adapter_capacity=n, host_adapter_capacity=n, cache_dir=cache_dir,
+                      **({"merge_hot": list(merge_hot)} if merge_hot else {}))
     return eng, time.perf_counter() - t0
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..plots import sweep_plot
 from ..timing import summarize
+from ..train.memory import module_bytes
 from . import frod_contenders as fc
 from . import peft_contenders as pc
 from .hf_serve import chunks, serve_batches
@@ -32,6 +33,7 @@ SETTINGS = {
                  max_adapters={"peft_frod": 2, "merged": 2, "peft_lora": 2}),
 }
 WARMUP_REQUESTS = 8
+HOT = 4          # frod_engine_hot: the engine's opt-in merge_hot for the 4 most popular adapters
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -92,6 +94,16 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
             results.add(pop, "frod_engine", params, stats, metric="tokens_per_s",
                         unit="tokens/s", setup_s=setup + wsec, **ex)
         del eng
+        if "zipf" in wls and N >= HOT:
+            hot = [f"a{i}" for i in range(HOT)]       # Zipf ranks adapter 0 most popular
+            eng, setup = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache",
+                                         merge_hot=hot)
+            wl = wls["zipf"]
+            params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
+            stats, ex = _timed(lambda w: fc.serve_engine(eng, w, device), wl, rep)
+            results.add("zipf", "frod_engine_hot", params, stats, metric="tokens_per_s",
+                        unit="tokens/s", setup_s=setup + wsec, merge_hot=hot, **ex)
+            del eng
         gc.collect()
         _peft_side(results, base, N, wls, st, device)
     _headline(results, st)
@@ -116,12 +128,13 @@ def _peft_side(results, base, N: int, wls: dict, st: dict, device: str) -> None:
     if N <= min(caps["peft_frod"], caps["merged"]):
         model, setup = pc.build_peft_frod(base, N, st["sparse_rate"])
         model.to(device)
+        mb_frod = module_bytes(model) / 2**20
         for name, serve in (("peft_frod", pc.serve_peft_frod), ("merged", pc.serve_merged)):
             for pop, wl in wls.items():
                 params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
                 stats, ex = _timed(lambda w: serve(model, w, device, mb), wl, rep)
                 results.add(pop, name, params, stats, metric="tokens_per_s", unit="tokens/s",
-                            setup_s=setup, **ex)
+                            setup_s=setup, model_mb=mb_frod, **ex)
         del model
         gc.collect()
     else:
@@ -133,11 +146,12 @@ def _peft_side(results, base, N: int, wls: dict, st: dict, device: str) -> None:
         rank = results.doc["settings"]["lora_rank"]
         model, setup = pc.build_peft_lora(base, N, rank)
         model.to(device)
+        mb_lora = module_bytes(model) / 2**20
         for pop, wl in wls.items():
             params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
             stats, ex = _timed(lambda w: pc.serve_peft_lora(model, w, device, mb), wl, rep)
             results.add(pop, "peft_lora", params, stats, metric="tokens_per_s", unit="tokens/s",
-                        setup_s=setup, lora_rank=rank, **ex)
+                        setup_s=setup, lora_rank=rank, model_mb=mb_lora, **ex)
         del model
         gc.collect()
     else:
