@@ -61,3 +61,27 @@ def auto_inner(fn: Callable[[], object], *, device: str = "cpu", target_s: float
         sync(device)
         dt = time.perf_counter() - t0
     return int(max(1, min(cap, target_s / max(dt, 1e-6))))
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], inners: dict[str, int], *,
+                        device: str = "cpu", warmup: int = 1, repeats: int = 5) -> dict:
+    """Like :func:`measure` for several callables, sampled round-robin (repeat r times every
+    callable once before repeat r+1), so a burst of load from other processes hits all of them
+    alike and their ratios stay meaningful. Returns {name: summarize(samples)}."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError("measure_interleaved: repeats must be >= 1, warmup >= 0")
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for k, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+        sync(device)
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                n = inners.get(k, 1)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                sync(device)
+                samples[k].append((time.perf_counter() - t0) / n)
+    return {k: summarize(v) for k, v in samples.items()}

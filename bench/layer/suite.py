@@ -1,8 +1,10 @@
 """Layer suite: sweep adapters in the batch, tokens, hidden size and sparse rate for one adapted
 linear layer; time every contender and report it as a ratio to the base GEMM (``floor``) and to
-the 3-GEMM dense floor (``dense3``)."""
+the 3-GEMM dense floor (``dense3``). Contenders are sampled round-robin and each ratio is the
+median of per-repeat ratios, which keeps ratios usable on a machine shared with other jobs."""
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from tqdm import tqdm
 from frod_rt.ops import rotate_segments_reference
 
 from ..plots import sweep_plot
-from ..timing import auto_inner, measure, sync
+from ..timing import auto_inner, measure_interleaved, sync
 from .contenders import ADAPTED, CONTENDERS, Skip
 from .problem import make_problem
 
@@ -48,7 +50,7 @@ def _measure_config(params: dict, st: dict, device: str) -> dict:
     """{contender: ("ok", stats, rel_err) | ("skip", reason)} for one configuration."""
     p = make_problem(params["tokens"], params["hidden"], params["adapters"],
                      params["sparse_rate"], device=device)
-    out = {}
+    out, fns, inners, errs = {}, {}, {}, {}
     with torch.inference_mode():   # float64, plain torch (frod_rt.ops.reference), factored form
         x64 = p.x.double()
         h = rotate_segments_reference(x64 @ p.V.double(), p.seg_indptr, p.seg_adapter,
@@ -60,28 +62,34 @@ def _measure_config(params: dict, st: dict, device: str) -> dict:
         except Skip as e:
             out[name] = ("skip", str(e))
             continue
-        with torch.inference_mode():
-            sync(device)
-            t0 = time.perf_counter()
-            y = fn()
-            sync(device)
-            probe = time.perf_counter() - t0
-        if probe > st["call_budget_s"]:
-            out[name] = ("skip", f"one call took {probe:.2f} s, over the per-call budget "
+        probe = []
+        for _ in range(2):        # the first call may pay one-time costs (op registration...)
+            with torch.inference_mode():
+                sync(device)
+                t0 = time.perf_counter()
+                y = fn()
+                sync(device)
+                probe.append(time.perf_counter() - t0)
+            if probe[0] <= st["call_budget_s"]:
+                break
+        if min(probe) > st["call_budget_s"]:
+            out[name] = ("skip", f"one call took {min(probe):.2f} s, over the per-call budget "
                                  f"{st['call_budget_s']} s of this run")
             continue
-        err = None
         if name in ADAPTED:
             err = float((y.double() - ref).norm() / ref.norm().clamp_min(1e-30))
             if err > 1e-3:
                 raise AssertionError(f"layer suite: {name} disagrees with the float64 reference "
                                      f"(relative error {err:.2e}) at {params}")
-        inner = auto_inner(fn, device=device, cap=st.get("inner_cap", 64))
-        stats = measure(fn, device=device, warmup=st["warmup"], repeats=st["repeats"],
-                        inner=inner)
-        stats["inner"] = inner
-        out[name] = ("ok", stats, err)
-        del fn, y
+            errs[name] = err
+        fns[name] = fn
+        inners[name] = auto_inner(fn, device=device, cap=st.get("inner_cap", 64))
+        del y
+    stats = measure_interleaved(fns, inners, device=device, warmup=st["warmup"],
+                                repeats=st["repeats"])
+    for name in fns:
+        stats[name]["inner"] = inners[name]
+        out[name] = ("ok", stats[name], errs.get(name))
     return out
 
 
@@ -96,14 +104,15 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
         if key not in cache:
             cache[key] = _measure_config(params, st, device)
         got = cache[key]
-        floor = got["base_gemm"][1]["median"]
-        d3 = got["dense3"][1]["median"]
+        floor = got["base_gemm"][1]["repeats"]
+        d3 = got["dense3"][1]["repeats"]
         for name, res in got.items():
             if res[0] == "skip":
                 results.skip(sweep, name, params, res[1])
                 continue
             _, stats, err = res
-            extra = {"ratio_to_floor": stats["median"] / floor, "ratio_to_dense3": stats["median"] / d3,
+            extra = {"ratio_to_floor": _paired_ratio(stats["repeats"], floor),
+                     "ratio_to_dense3": _paired_ratio(stats["repeats"], d3),
                      "inner_calls": stats["inner"]}
             if err is not None:
                 extra["rel_err_vs_reference"] = err
@@ -117,6 +126,12 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
                    logx=(x != "sparse_rate"))
     sweep_plot(results, "adapters", "adapters", out_dir / f"{stem}-adapters-ms.png",
                scale=1e3, ylabel="ms per call (median, q1..q3)", logy=True)
+
+
+def _paired_ratio(xs: list[float], ys: list[float]) -> float:
+    """Median of per-repeat ratios x_r / y_r (samples of one repeat were taken back to back,
+    so a burst of load from other processes cancels out)."""
+    return statistics.median(x / y for x, y in zip(xs, ys))
 
 
 def _headline(results, st: dict) -> None:
