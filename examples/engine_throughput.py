@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--counts", default="0,1,8,64", help="adapter counts (0 = base model)")
+    ap.add_argument("--merge-hot", action="store_true",
+                    help="serve every adapter with a merged weight (opt-in 'merged' form)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -58,7 +60,8 @@ def main() -> None:
     sp = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
     out = {"device": args.device, "requests": args.requests, "max_tokens": args.max_tokens,
            "prompt_len": args.prompt_len, "hidden": args.hidden, "layers": args.layers,
-           "threads": torch.get_num_threads(), "tokens_per_s": {}}
+           "threads": torch.get_num_threads(), "merge_hot": args.merge_hot,
+           "tokens_per_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         need = max(counts)
@@ -67,7 +70,8 @@ def main() -> None:
                            cache_dir=tmp / "cache")
         eng = Engine.load(model, adapters=[tmp / f"a{i}" for i in range(need)],
                           device=args.device, cache_dir=tmp / "cache",
-                          max_num_seqs=args.requests, device_adapter_capacity=max(need, 1))
+                          max_num_seqs=args.requests, device_adapter_capacity=max(need, 1),
+                          merge_hot=[f"a{i}" for i in range(need)] if args.merge_hot else ())
         for c in counts:
             names = [None] * args.requests if c == 0 else \
                 [f"a{i % c}" for i in range(args.requests)]

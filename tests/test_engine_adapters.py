@@ -27,10 +27,23 @@ def _hf_greedy(model, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_each_adapter_matches_merged_hf(arch, tmp_path, gen):
     dt = torch.float64                       # exact enough that greedy tokens never tie-flip
-    if arch == "llama":
+    if arch == "qwen2":                      # biased q/k/v projections
+        import transformers
+        cfg = transformers.Qwen2Config(vocab_size=113, hidden_size=40, intermediate_size=56,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, initializer_range=0.1,
+                                       eos_token_id=None)
+        torch.manual_seed(4)
+        model = transformers.Qwen2ForCausalLM(cfg).to(dt).eval()
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    proj.bias.normal_(0, 0.1)
+        targets = [LLAMA_T, ["q_proj", "k_proj"], ["v_proj", "up_proj"]]
+    elif arch == "llama":
         model = toy_llama(vocab_size=113, hidden=40, eos_token_id=None, std=0.1, dtype=dt)
         targets = [LLAMA_T, ["q_proj", "v_proj"], ["gate_proj", "down_proj", "o_proj"]]
     else:
@@ -222,3 +235,26 @@ def test_merge_hot_opt_in_matches_replace_form(tmp_path, gen):
     hot_slots = {e.slot for e in hot.pool.entries.values() if e.name in ("h0", "h2")
                  and e.slot >= 0}
     assert all(set(m) <= hot_slots for m in merged)
+
+
+def test_mixed_patterns_in_one_batch(tmp_path, gen):
+    """Default patterns, a non-zero pattern seed, another sparse rate (longer k) and imported
+    rows/cols all served in one batch (per-adapter index tables), each equal to its merge."""
+    dt = torch.float64
+    model = toy_llama(vocab_size=89, hidden=32, intermediate=40, eos_token_id=None, std=0.1,
+                      dtype=dt)
+    kinds = {"std": {}, "seeded": {"pattern_seed": 7}, "dense": {"sparse_rate": 0.2},
+             "imported": {"explicit_pattern": True}}
+    files = {n: random_adapter(model, tmp_path / n, ["q_proj", "v_proj", "down_proj"], seed=i,
+                               cache_dir=tmp_path, **kw)
+             for i, (n, kw) in enumerate(kinds.items())}
+    eng = Engine.load(model, adapters={n: tmp_path / n for n in kinds}, cache_dir=tmp_path)
+    prompts = _prompts(8, 89, gen)
+    names = list(kinds) * 2
+    res = eng.generate(prompts, adapters=names, max_tokens=6, ignore_eos=True)
+    for p, n, r in zip(prompts, names, res):
+        m = copy.deepcopy(model)
+        load_merged(m, merged_weights(m, files[n], cache_dir=tmp_path))
+        assert r.token_ids == _hf_greedy(m, p, 6), n
+    lt = eng.pool.tables["model.layers.0.self_attn.q_proj"]
+    assert len({k for k in lt.slot_key if k is not None}) == 4

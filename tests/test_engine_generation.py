@@ -185,3 +185,52 @@ def test_abort_and_errors(gen):
     assert outs == {a: "abort", b: "length", c: "length"}
     assert eng.block_manager.num_used == 0
     assert eng.stats()["requests_aborted_total"] == 1
+
+
+def test_step_api_with_producer_thread(gen):
+    """add_request from another thread while one loop thread steps (the server's pattern)."""
+    import threading
+    import time as _time
+    model = toy_llama(vocab_size=97, hidden=32, eos_token_id=None)
+    eng = Engine.load(model, max_num_seqs=4, max_batch_tokens=32)
+    prompts = _prompts(20, 97, gen)
+    ids, errors = [], []
+
+    def producer():
+        try:
+            for p in prompts:
+                ids.append(eng.add_request(p, sampling=SamplingParams(max_tokens=4)))
+                _time.sleep(0.002)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    th = threading.Thread(target=producer)
+    th.start()
+    toks, finished = {}, set()
+    while th.is_alive() or eng.has_unfinished():
+        for o in eng.step():
+            toks.setdefault(o.request_id, []).extend(o.new_token_ids)
+            if o.finished:
+                finished.add(o.request_id)
+        _time.sleep(0.0005)
+    th.join()
+    assert not errors and finished == set(ids) and len(ids) == 20
+    for rid, p in zip(ids, prompts):
+        assert toks[rid] == _hf_greedy(model, p, 4)
+    assert not eng._seqs and eng.stats()["queue_depth"] == 0   # nothing kept after finishing
+
+
+def test_load_from_directory_with_tokenizer(tmp_path):
+    from frod_rt.engine.toy import save_toy_model
+    tok = toy_tokenizer()
+    model = toy_llama(vocab_size=len(tok), eos_token_id=None)
+    save_toy_model(model, tok, tmp_path / "m")
+    eng = Engine.load(tmp_path / "m")
+    assert eng.base_name == "m" and eng.tokenizer is not None
+    r = eng.generate("once upon a time", max_tokens=6)[0]
+    ids = tok("once upon a time")["input_ids"]
+    want = _hf_greedy(model, ids, 6)
+    assert r.token_ids == want and r.prompt_tokens == len(ids)
+    assert r.text == tok.decode(want, skip_special_tokens=True)
+    with pytest.raises(FileNotFoundError):
+        Engine.load(tmp_path / "missing")

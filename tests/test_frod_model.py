@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from frod_rt import FrodConfig, FrodModel, get_frod_model
+from frod_rt import FrodConfig, get_frod_model
 from frod_rt.method import FrodLinear
-from frod_rt.method.dense_path import delta_weight, dense_frod_linear, prefer_dense
+from frod_rt.method.dense_path import dense_frod_linear, prefer_dense
 
 from frod_models import (BERT_TARGETS, GPT2_TARGETS, LLAMA_TARGETS, tiny_bert, tiny_gpt2,
                          tiny_llama)
@@ -288,3 +288,34 @@ def test_optimizer_param_groups_and_training_step():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_generate_with_per_row_adapters():
+    fm = get_frod_model(tiny_llama(), _cfg(LLAMA_TARGETS, init_std=0.5))
+    fm.add_adapter("b", _cfg(["q_proj"], init_std=0.5))
+    ids = torch.randint(0, 67, (2, 5), generator=torch.Generator().manual_seed(11))
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with fm.adapter_routing(["default", "b"]):
+        mixed = fm.generate(ids, **kw)
+    for row, name in enumerate(["default", "b"]):
+        fm.set_adapter(name)
+        assert torch.equal(mixed[row], fm.generate(ids, **kw)[row])
+
+
+def test_reuse_decomposition():
+    model = tiny_bert()
+    fm = get_frod_model(model, _cfg(["query", "key"], init_std=0.1))
+    d = fm.decomposition
+    assert set(d.layers) == set(fm.frod_layers())
+    assert d.layers["encoder.layer.1.attention.self.key"].U is \
+        fm.frod_layers()["encoder.layer.1.attention.self.key"].frod_U  # live buffers, no copy
+    other = get_frod_model(tiny_bert(), _cfg(["query", "key"]), decomposition=d)
+    assert other.fingerprint == fm.fingerprint
+    file = fm.adapter_file("default")
+    other.add_adapter_from_file(file, "copied")
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        fm.set_adapter("default")
+        other.set_adapter("copied")
+        torch.testing.assert_close(other(ids).last_hidden_state, fm(ids).last_hidden_state,
+                                   rtol=0, atol=0)

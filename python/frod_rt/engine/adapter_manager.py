@@ -6,7 +6,8 @@
 * Host pool: parsed adapter files on the CPU, LRU, ``host_capacity`` entries. An adapter
   evicted from it is re-read from disk by a background thread when a request needs it.
 * Device pool: ``device_capacity`` slots. Per adapted layer the tables ``ldl`` (A_slots, n)
-  = l + dl and ``s`` (A_slots, k) are allocated once; a batch indexes slots. A slot is pinned
+  = l + dl, ``s`` (A_slots, k) and the patterns (A_slots, k) are allocated once (``k`` grows
+  only when an adapter with a longer pattern arrives); a batch indexes slots. A slot is pinned
   while a running request uses it; unpinned slots are evicted LRU.
 """
 from __future__ import annotations
@@ -39,70 +40,67 @@ class _Entry:
         self.error: str | None = None  # set when a background re-read failed
 
 
-class _CategoryPatterns:
-    """Sparse patterns of one category, per slot. ``kcap`` is the widest k of any slot."""
-
-    def __init__(self, key: str, n: int, A: int, k: int, device):
-        self.key, self.n, self.A, self.device = key, n, A, device
-        self.kcap = k
-        self.layers: list["LayerTables"] = []
-        self.slot_key: list = [None] * A
-        self.slot_k = [0] * A
-        self.rows_slots = torch.full((A, k), _PAD[0], dtype=torch.int32, device=device)
-        self.cols_slots = torch.full((A, k), _PAD[1], dtype=torch.int32, device=device)
-        self.shared: dict = {}                         # pattern key -> (rows, cols) (k,)
-
-    def grow(self, k: int) -> None:
-        if k <= self.kcap:
-            return
-        pad = k - self.kcap
-        self.rows_slots = torch.cat([self.rows_slots, torch.full(
-            (self.A, pad), _PAD[0], dtype=torch.int32, device=self.device)], 1)
-        self.cols_slots = torch.cat([self.cols_slots, torch.full(
-            (self.A, pad), _PAD[1], dtype=torch.int32, device=self.device)], 1)
-        for lt in self.layers:
-            lt.s = torch.cat([lt.s, lt.s.new_zeros(self.A, pad)], 1)
-        self.kcap = k
-
-    def set_slot(self, a: int, key, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        k = rows.shape[0]
-        self.grow(k)
-        self.rows_slots[a].fill_(_PAD[0])
-        self.cols_slots[a].fill_(_PAD[1])
-        self.rows_slots[a, :k] = rows.to(self.device)
-        self.cols_slots[a, :k] = cols.to(self.device)
-        self.slot_key[a] = key
-        self.slot_k[a] = k
-        if key not in self.shared and k == self.kcap:
-            self.shared[key] = (rows.to(self.device, torch.int32).contiguous(),
-                                cols.to(self.device, torch.int32).contiguous())
-
-
 class LayerTables:
     """Device tables of one adapted layer: the base basis and the per-slot values.
 
     V (n, n) of the layer's category, U (out, n), l (n,); ``ldl`` (A, n) holds l + dl per
-    slot, ``s`` (A, kcap) the sparse values (zero-padded); ``target_slots`` the slots whose
-    adapter targets this layer.
+    slot, ``s`` (A, kcap) the sparse values (zero-padded), ``rows_slots``/``cols_slots``
+    (A, kcap) int32 each slot's pattern (padded with (0, 1) entries whose value is 0);
+    ``target_slots`` the slots whose adapter targets this layer; ``merged`` the W' of hot
+    adapters' slots. ``kcap`` only grows when an adapter with a longer pattern arrives.
     """
 
-    def __init__(self, name: str, V, U, l, cat: _CategoryPatterns, A: int):
-        self.name, self.V, self.U, self.l, self.cat = name, V, U, l, cat
-        self.ldl = l.new_zeros(A, l.shape[0])
-        self.s = l.new_zeros(A, cat.kcap)
+    def __init__(self, name: str, category: str, V, U, l, A: int, shared: dict):
+        self.name, self.category, self.V, self.U, self.l = name, category, V, U, l
+        self.A, self.n, self.kcap = A, l.shape[0], 1
+        dev = l.device
+        self.ldl = l.new_zeros(A, self.n)
+        self.s = l.new_zeros(A, 1)
+        self.rows_slots = torch.full((A, 1), _PAD[0], dtype=torch.int32, device=dev)
+        self.cols_slots = torch.full((A, 1), _PAD[1], dtype=torch.int32, device=dev)
+        self.slot_key: list = [None] * A
+        self.shared = shared                   # pattern key -> (rows, cols) (k,), manager-wide
         self.target_slots: set[int] = set()
-        self.merged: dict[int, torch.Tensor] = {}      # slot -> W' (out, n) of a hot adapter
-        cat.layers.append(self)
+        self.merged: dict[int, torch.Tensor] = {}
+
+    def _grow(self, k: int) -> None:
+        if k <= self.kcap:
+            return
+        pad = k - self.kcap
+        full = lambda v: torch.full((self.A, pad), v, dtype=torch.int32,  # noqa: E731
+                                    device=self.l.device)
+        self.rows_slots = torch.cat([self.rows_slots, full(_PAD[0])], 1)
+        self.cols_slots = torch.cat([self.cols_slots, full(_PAD[1])], 1)
+        self.s = torch.cat([self.s, self.s.new_zeros(self.A, pad)], 1)
+        self.kcap = k
+
+    def set_slot(self, a: int, key, rows: torch.Tensor, cols: torch.Tensor, ldl: torch.Tensor,
+                 s: torch.Tensor) -> None:
+        """Write one adapter's values and pattern into slot ``a``."""
+        k = rows.shape[0]
+        self._grow(k)
+        dev = self.l.device
+        self.rows_slots[a].fill_(_PAD[0])
+        self.cols_slots[a].fill_(_PAD[1])
+        self.rows_slots[a, :k] = rows.to(dev)
+        self.cols_slots[a, :k] = cols.to(dev)
+        self.ldl[a] = ldl
+        self.s[a].zero_()
+        self.s[a, :k] = s
+        self.slot_key[a] = (key, k)
+        if (key, k) not in self.shared:
+            self.shared[(key, k)] = (rows.to(dev, torch.int32).contiguous(),
+                                     cols.to(dev, torch.int32).contiguous())
 
     def pattern(self, slots) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols) for a rotate_segments call over ``slots``: the shared (k,) pattern
-        when all of them use one, else the per-slot (A, kcap) tables."""
-        keys = {self.cat.slot_key[a] for a in slots}
+        when all of them use one of length kcap, else the per-slot (A, kcap) tables."""
+        keys = {self.slot_key[a] for a in slots}
         if len(keys) == 1:
-            shared = self.cat.shared.get(next(iter(keys)))
-            if shared is not None:
-                return shared
-        return self.cat.rows_slots, self.cat.cols_slots
+            key = next(iter(keys))
+            if key[1] == self.kcap:
+                return self.shared[key]
+        return self.rows_slots, self.cols_slots
 
 
 class AdapterManager:
@@ -141,7 +139,7 @@ class AdapterManager:
         self.decomposition = None          # on CPU, float64-free: model dtype
         self.targets: list[str] = []
         self.tables: dict[str, LayerTables] = {}
-        self.categories: dict[str, _CategoryPatterns] = {}
+        self._patterns: dict = {}          # pattern key -> (rows, cols) on the device
         self._V: dict[str, torch.Tensor] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frod-adapter-load")
         self.evictions_total = 0
@@ -175,14 +173,11 @@ class AdapterManager:
                          cache_dir=self.cache_dir, progress=self.progress)
 
     def _read(self, name: str, path: Path):
-        from ..method.adapter_io import AdapterError, check_against, read_adapter
+        from ..method.adapter_io import check_against, read_adapter
         f = read_adapter(path, name=name)
         with self.lock:
             d = self._decomposition_for(f)
         check_against(f, d)
-        if f.config.seed != 0 and any(x.rows is None for x in f.layers.values()):
-            raise AdapterError(f"adapter {name!r}: a non-default pattern seed ({f.config.seed}) "
-                               "without stored rows/cols is not supported by the engine")
         return f, d
 
     def add(self, name: str, path) -> None:
@@ -354,39 +349,33 @@ class AdapterManager:
         if V is None:
             V = cat.V.to(self.device, self.dtype).contiguous()
             self._V[cat.key] = V
-        cp = self.categories.get(cat.key)
-        if cp is None:
-            cp = _CategoryPatterns(cat.key, cat.in_features, self.A, 1, self.device)
-            self.categories[cat.key] = cp
-        lt = LayerTables(name, V, lb.U.to(self.device, self.dtype).contiguous(),
-                         lb.l.to(self.device, self.dtype), cp, self.A)
+        lt = LayerTables(name, cat.key, V, lb.U.to(self.device, self.dtype).contiguous(),
+                         lb.l.to(self.device, self.dtype), self.A, self._patterns)
         self.tables[name] = lt
         return lt
 
     def _fill(self, a: int, e: _Entry) -> None:
         """Copy adapter ``e`` into slot ``a`` of every layer table it targets."""
+        from ..method.config import pattern_seed_string
         from ..method.patterns import sparse_pattern
         f = e.file
-        seen_cat = set()
         for name in e.layers:
             delta = f.layers[name]
             lt = self._layer_tables(name)
-            cp = lt.cat
-            if cp.key not in seen_cat:
-                seen_cat.add(cp.key)
-                if delta.rows is not None:
-                    key = ("own", e.name, id(f), cp.key)
-                    rows, cols = delta.rows, delta.cols
-                else:
-                    k = int(delta.s.shape[0])
-                    seed_key = self.decomposition.pattern_seed_key(cp.key)
-                    key = ("std", seed_key, cp.key, k)
-                    rows, cols = sparse_pattern(seed_key, cp.key, cp.n, k)
-                cp.set_slot(a, key, rows.to(torch.int32), cols.to(torch.int32))
             k = int(delta.s.shape[0])
-            lt.ldl[a] = (lt.l.double() + delta.dl.double().to(self.device)).to(self.dtype)
-            lt.s[a].zero_()
-            lt.s[a, :k] = delta.s.to(self.device, self.dtype)
+            if delta.rows is not None:           # the file's own pattern (imported adapters)
+                key = ("own", e.name, id(f), name)
+                rows, cols = delta.rows, delta.cols
+            else:                                # the base's default pattern of the category
+                seed_key = pattern_seed_string(self.decomposition.pattern_seed_key(lt.category),
+                                               f.config.seed)
+                key = ("std", seed_key, lt.category)
+                cached = self._patterns.get((key, k))
+                rows, cols = cached if cached is not None else \
+                    sparse_pattern(seed_key, lt.category, lt.n, k)
+            ldl = (lt.l.double() + delta.dl.double().to(self.device)).to(self.dtype)
+            lt.set_slot(a, key, rows.to(torch.int32), cols.to(torch.int32), ldl,
+                        delta.s.to(self.device, self.dtype))
             lt.target_slots.add(a)
             if e.name in self.hot:
                 lt.merged[a] = self._merge(lt, a, k)
@@ -394,9 +383,8 @@ class AdapterManager:
 
     def _merge(self, lt: LayerTables, a: int, k: int) -> torch.Tensor:
         """W' = U (diag(l + dl) + S) V^T of slot ``a`` in float64, stored in the model dtype."""
-        cp = lt.cat
         M = torch.diag(lt.ldl[a].double())
-        rows, cols = cp.rows_slots[a, :k].long(), cp.cols_slots[a, :k].long()
+        rows, cols = lt.rows_slots[a, :k].long(), lt.cols_slots[a, :k].long()
         M.index_put_((rows, cols), lt.s[a, :k].double(), accumulate=True)
         return (lt.U.double() @ M @ lt.V.double().T).to(self.dtype).contiguous()
 

@@ -272,7 +272,7 @@ class Engine:
             return bool(self._incoming or self._aborts) or self.scheduler.has_unfinished()
 
     def get_sequence(self, request_id: str) -> Sequence | None:
-        """The live Sequence of a request (until its result is collected)."""
+        """The live Sequence of a request (None once it has finished)."""
         return self._seqs.get(request_id)
 
     # ---- one step -------------------------------------------------------------------------
@@ -286,6 +286,8 @@ class Engine:
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
         outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason))
+        with self._lock:
+            self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
         if reason == "abort":
             self.counters["requests_aborted_total"] += 1
@@ -349,8 +351,8 @@ class Engine:
         return outs
 
     # ---- offline helpers -------------------------------------------------------------------
-    def _result(self, seq: Sequence) -> GenerationResult:
-        self._seqs.pop(seq.request_id, None)
+    @staticmethod
+    def _result(seq: Sequence) -> GenerationResult:
         return GenerationResult(seq.request_id, seq.adapter, seq.prompt, seq.text,
                                 seq.output_ids, seq.finish_reason or "abort", seq.prompt_len,
                                 seq.timings())
@@ -378,10 +380,11 @@ class Engine:
         sp = SamplingParams.build(sampling, **sampling_kw)
         for a in alist:
             self._check_adapter(a)
-        ids = []
+        ids, seqs = [], {}
         try:
             for p, a in zip(plist, alist):
                 ids.append(self.add_request(p, a, sp))
+                seqs[ids[-1]] = self._seqs[ids[-1]]
         except Exception:
             for rid in ids:
                 self.abort_request(rid)
@@ -399,7 +402,7 @@ class Engine:
                         bar.update(1)
         if bar is not None:
             bar.close()
-        return [self._result(self._seqs[r]) for r in ids]
+        return [self._result(seqs[r]) for r in ids]
 
     def stream(self, prompt, adapter=None, sampling=None, **sampling_kw
                ) -> Iterator[RequestOutput]:

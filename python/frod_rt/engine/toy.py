@@ -89,12 +89,16 @@ def save_toy_model(model, tokenizer, path) -> Path:
 
 def random_adapter(model, path, target_modules, name: str | None = None,
                    sparse_rate: float = 0.05, scale: float = 0.3, seed: int = 0,
-                   cache_dir=None, decomposition=None):
+                   cache_dir=None, decomposition=None, pattern_seed: int = 0,
+                   explicit_pattern: bool = False):
     """Write a random-valued FRoD adapter for ``model`` to ``path`` and return its AdapterFile.
 
     ``dl`` ~ scale * l * N(0, 1) (relative to the layer's own scales) and ``s`` ~
     scale * mean(l) * N(0, 1), so the adapted model differs clearly from the base. Uses the
     method's ``decompose`` / ``sparse_pattern`` conventions and ``write_adapter``.
+    ``pattern_seed`` != 0 is stored as the config's pattern seed (own default patterns);
+    ``explicit_pattern`` stores a random pattern (rows/cols) per layer, like an imported
+    adapter.
     """
     from ..method.adapter_io import AdapterConfig, AdapterFile, LayerDelta, write_adapter
     from ..method.decompose import decompose
@@ -111,9 +115,17 @@ def random_adapter(model, path, target_modules, name: str | None = None,
             l = d.layers[lname].l.double().cpu()
             dl = scale * l * torch.randn(n, generator=g, dtype=torch.float64)
             s = scale * l.mean() * torch.randn(k, generator=g, dtype=torch.float64)
-            layers[lname] = LayerDelta(dl.to(torch.float32), s.to(torch.float32))
+            rows = cols = None
+            if explicit_pattern:
+                N = n * (n - 1)
+                pos = torch.randperm(N, generator=g)[:k].sort().values
+                rows = (pos // (n - 1)).to(torch.int32)
+                c = pos % (n - 1)
+                cols = (c + (c >= rows)).to(torch.int32)
+            layers[lname] = LayerDelta(dl.to(torch.float32), s.to(torch.float32), rows, cols)
     tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    cfg = AdapterConfig(1, d.fingerprint, tm, float(sparse_rate), 0, d.alpha, cats, {})
+    cfg = AdapterConfig(1, d.fingerprint, tm, float(sparse_rate), int(pattern_seed), d.alpha,
+                        cats, {})
     af = AdapterFile(name or Path(path).name, cfg, layers)
     write_adapter(path, af)
     return af
@@ -122,6 +134,7 @@ def random_adapter(model, path, target_modules, name: str | None = None,
 def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
     """Dense float64 ``W' = U (diag(l + dl) + S) V^T`` per adapted layer (out, in), for
     checking the engine against a plain model with the adapter merged in."""
+    from ..method.config import pattern_seed_string
     from ..method.decompose import decompose
     from ..method.patterns import sparse_pattern
     d = decomposition or decompose(model, sorted(adapter.layers), alpha=adapter.config.alpha,
@@ -134,7 +147,8 @@ def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
         if delta.rows is not None:
             rows, cols = delta.rows.long(), delta.cols.long()
         else:
-            r, c = sparse_pattern(d.pattern_seed_key(cat.key), cat.key, n, delta.s.shape[0])
+            seed_key = pattern_seed_string(d.pattern_seed_key(cat.key), adapter.config.seed)
+            r, c = sparse_pattern(seed_key, cat.key, n, delta.s.shape[0])
             rows, cols = r.long(), c.long()
         M = torch.diag(b.l.double().cpu() + delta.dl.double())
         M[rows, cols] += delta.s.double()

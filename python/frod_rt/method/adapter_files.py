@@ -1,8 +1,6 @@
 """Moving adapters between a FrodModel and :class:`AdapterFile` (the on-disk form)."""
 from __future__ import annotations
 
-import torch
-
 from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFile, LayerDelta,
                          check_against)
 from .config import FrodConfig, check_adapter_name, pattern_seed_string

@@ -129,30 +129,31 @@ class FrodLinear(nn.Module):
         self.merged_adapter = None
 
     # ---- forward --------------------------------------------------------------------------
-    def _row_ids(self, x: torch.Tensor):
-        """(ids (T,) int32 in [-1, A), adapter names (A,)) for the flattened rows of x."""
+    def _route(self, x: torch.Tensor):
+        """(segments or None, adapter names used) for the flattened rows of x.
+
+        ``segments`` is None when every row uses ``used[0]`` (or ``used`` is empty: base);
+        otherwise (seg_indptr, seg_adapter) int32 indexing into ``used``.
+        """
         st = self._state
-        T = x.numel() // self.in_features if self.in_features else 0
-        adapters = tuple(self.frod_dl.keys())
         if st.routing is None:
             if st.active is None or st.active not in self.frod_dl:
                 return None, []
             return None, [st.active]
+        adapters = tuple(self.frod_dl.keys())
         batch_ids, used = st.routing.ids_for(adapters, x.device)
         B = batch_ids.shape[0]
-        if not used:
-            return None, []
-        if x.dim() >= 2 and x.shape[0] == B:
-            per = T // B if B else 0
-        elif B and T % B == 0:
-            per = T // B  # rows flattened batch-major
-        else:
+        T = x.numel() // self.in_features if self.in_features else 0
+        # (B, ..., n) inputs: dim 0 is the batch; 2-D (B*S, n) inputs: rows batch-major
+        if not ((x.dim() >= 3 and x.shape[0] == B) or (x.dim() <= 2 and B and T % B == 0)):
             raise ValueError(f"{self.base_layer_name}: got {B} adapter names for an input of "
                              f"shape {tuple(x.shape)}; pass one name per batch row")
-        ids = batch_ids if per == 1 else torch.repeat_interleave(batch_ids, per)
-        if len(used) == 1 and bool((batch_ids == 0).all()):
+        if not used:
+            return None, []
+        if st.routing.all_rows_one_adapter(adapters, x.device):
             return None, used
-        return ids, used
+        seg_indptr, seg_adapter, used = st.routing.segments_for(adapters, x.device, T // B)
+        return (seg_indptr, seg_adapter), used
 
     def _stack(self, used: list[str], dtype: torch.dtype):
         dl = torch.stack([self.frod_dl[a].to(dtype) for a in used])
@@ -195,9 +196,9 @@ class FrodLinear(nn.Module):
                 raise ValueError(f"{self.base_layer_name}: adapters are disabled but "
                                  f"{self.merged_adapter!r} is merged; unmerge first")
             return F.linear(x, W, b)
-        ids, used = self._row_ids(x)
+        segments, used = self._route(x)
         if self.merged_adapter is not None:
-            if used == [self.merged_adapter] and ids is None:
+            if used == [self.merged_adapter] and segments is None:
                 return F.linear(x, W, b)
             raise ValueError(f"{self.base_layer_name}: adapter {self.merged_adapter!r} is merged; "
                              "unmerge_adapter() before running other adapters or base rows")
@@ -210,15 +211,17 @@ class FrodLinear(nn.Module):
         n = self.in_features
         x2 = x.reshape(-1, n)
         T = x2.shape[0]
-        if ids is None and self._use_dense(T, used[0]):
+        if segments is None and self._use_dense(T, used[0]):
             a = used[0]
             rows, cols = self.pattern(a)
             y = dense_frod_linear(x2, W, b, U, V, self.frod_dl[a].to(dt), self.frod_s[a].to(dt),
                                   rows, cols)
             return y.reshape(*x.shape[:-1], self.out_features)
-        if ids is None:
-            ids = torch.zeros(T, dtype=torch.int32, device=x.device)
-        seg_indptr, seg_adapter = ops.segments_from_ids(ids, len(used))
+        if segments is None:  # one adapter on every row: a single segment
+            seg_indptr = torch.tensor([0, T], dtype=torch.int32, device=x.device)
+            seg_adapter = torch.zeros(1, dtype=torch.int32, device=x.device)
+        else:
+            seg_indptr, seg_adapter = segments
         dl, s, rows, cols = self._stack(used, dt)
         return ops.frod_linear(x, W, b, V, U, seg_indptr, seg_adapter, dl, s, rows, cols)
 

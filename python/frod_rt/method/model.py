@@ -8,12 +8,11 @@ per row; each adapter then receives only its own gradients.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .adapter_io import AdapterError, AdapterFile, check_against, read_adapter, write_adapter
+from .adapter_io import AdapterFile, read_adapter, write_adapter
 from .basis import Category, Decomposition, LayerBasis
 from .categories import is_supported, name_matches
 from .config import BASE, FrodConfig, check_adapter_name, pattern_seed_string

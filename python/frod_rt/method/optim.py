@@ -7,8 +7,6 @@ weight towards the base, never the scales towards zero.
 """
 from __future__ import annotations
 
-from torch import nn
-
 
 def param_groups(fm, adapter_names=None, lr_s: float = 5e-5, lr_dl: float = 5e-4,
                  weight_decay: float = 0.0, other_lr: float | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from .config import BASE
 from .patterns import sparse_pattern
 
@@ -39,6 +40,27 @@ class Routing:
             hit = (torch.tensor(ids, dtype=torch.int32, device=device), used)
             self._cache[key] = hit
         return hit
+
+
+    def segments_for(self, adapters: tuple[str, ...], device, per: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(seg_indptr, seg_adapter, used) for a layer input with ``per`` rows per batch row,
+        cached: layers holding the same adapters share them within one forward call."""
+        key = ("seg", adapters, str(device), per)
+        hit = self._cache.get(key)
+        if hit is None:
+            batch_ids, used = self.ids_for(adapters, device)
+            ids = batch_ids if per == 1 else torch.repeat_interleave(batch_ids, per)
+            hit = (*ops.segments_from_ids(ids, max(1, len(used))), used)
+            self._cache[key] = hit
+        return hit
+
+    def all_rows_one_adapter(self, adapters: tuple[str, ...], device) -> bool:
+        batch_ids, used = self.ids_for(adapters, device)
+        key = ("one", adapters, str(device))
+        if key not in self._cache:
+            self._cache[key] = len(used) == 1 and bool((batch_ids == 0).all())
+        return self._cache[key]
 
 
 class FrodState(nn.Module):
