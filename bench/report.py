@@ -1,4 +1,6 @@
-"""Markdown summary of result files: ``python -m bench.report bench/results/*.json``.
+"""Markdown summary of result files: ``python -m bench.report bench/results/*.json``;
+``--readme bench/README.md`` replaces everything after its "## Latest figures" heading with the
+summary of the given files and their plots (paths relative to the README).
 
 Prints, per file, the machine line, the headline ratios and a table of medians (with IQR) per
 sweep and contender, so bench/README.md quotes numbers straight from the JSON.
@@ -61,14 +63,41 @@ def markdown(path: Path) -> str:
     return "\n".join(lines)
 
 
+def with_plots(path: Path, relative_to: Path) -> str:
+    doc = load(path)
+    rel = path.parent.resolve().relative_to(relative_to.resolve())
+    imgs = "\n".join(f"![{p}]({rel / p})" for p in doc["plots"])
+    return markdown(path) + "\n" + imgs + "\n"
+
+
+HEADING = "## Latest figures"
+
+
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    readme = None
+    if args[:1] == ["--readme"]:
+        readme, args = Path(args[1]), args[2:]
     if not args:
         print(__doc__, file=sys.stderr)
         return 2
-    for a in args:
-        print(markdown(Path(a)))
+    if readme is None:
+        for a in args:
+            print(markdown(Path(a)))
+        return 0
+    text = readme.read_text()
+    if HEADING not in text:
+        raise ValueError(f"{readme}: no {HEADING!r} heading")
+    head = text[:text.index(HEADING) + len(HEADING)]
+    body = "\n\n".join(with_plots(Path(a), readme.parent) for a in args)
+    readme.write_text(head + "\n\n" + NOTE + "\n\n" + body)
     return 0
+
+
+NOTE = ("Taken with `python -m bench all --quick` on a **shared 2-core machine** (AMD EPYC, "
+        "no GPU) while other jobs were running on the same cores: absolute numbers are noisy "
+        "and low; ratios within one run are the meaningful part (layer ratios are medians of "
+        "paired per-repeat ratios). Rerun on a quiet machine or a GPU for real figures.")
 
 
 if __name__ == "__main__":

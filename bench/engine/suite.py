@@ -27,7 +27,8 @@ SETTINGS = {
     "quick": dict(model="quick", requests=256, prompt_len=16, max_tokens=8, max_batch=256,
                   sparse_rate=0.01, adapters=[1, 8, 32, 256, 1024],
                   popularity=["uniform", "zipf"], repeats=2,
-                  max_adapters={"peft_frod": 32, "merged": 32, "peft_lora": 32}),
+                  max_adapters={"peft_frod": 32, "merged": 32, "peft_lora": 32},
+                  peft_adapters=[1, 32]),
     "tiny": dict(model="tiny", requests=8, prompt_len=4, max_tokens=2, max_batch=8,
                  sparse_rate=0.05, adapters=[2], popularity=["uniform", "zipf"], repeats=1,
                  max_adapters={"peft_frod": 2, "merged": 2, "peft_lora": 2}),
@@ -125,6 +126,11 @@ def _peft_side(results, base, N: int, wls: dict, st: dict, device: str) -> None:
         for pop, wl in wls.items():
             results.skip(pop, name, {"adapters": N, "requests": len(wl.prompts),
                                      "distinct": wl.distinct}, why)
+    only = st.get("peft_adapters")
+    if only is not None and N not in only:
+        for name in ("peft_frod", "merged", "peft_lora"):
+            skip_all(name, f"this run measures the PEFT contenders at {only} adapters only")
+        return
     if N <= min(caps["peft_frod"], caps["merged"]):
         model, setup = pc.build_peft_frod(base, N, st["sparse_rate"])
         model.to(device)
