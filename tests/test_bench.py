@@ -77,10 +77,14 @@ def test_layer_suite_tiny(tiny_runs):
 def test_engine_suite_tiny(tiny_runs):
     doc, measured = _check_run(tiny_runs["engine"], "engine")
     names = {m["contender"] for m in measured}
-    assert {"frod_base", "frod_engine", "peft_frod", "peft_lora", "merged"} <= names
+    assert {"frod_base", "hf_base", "frod_engine", "frod_engine_hot", "peft_frod", "peft_lora",
+            "merged"} <= names
     for m in measured:
         assert m["unit"] == "tokens/s"
         assert 0 < m["latency_p50_s"] <= m["latency_p99_s"]
+    for m in measured:
+        if m["contender"] in ("peft_frod", "peft_lora", "merged", "hf_base"):
+            assert m["frod_engine_speedup"] > 0
     sweeps = {m["sweep"] for m in measured}
     assert {"base", "uniform", "zipf"} <= sweeps
 

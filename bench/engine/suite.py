@@ -42,20 +42,32 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-def _timed(serve, wl, repeats: int) -> tuple[dict, dict]:
-    """Warm up on a few requests, then ``repeats`` timed runs. Returns (tokens/s stats, extras)."""
+def _timed_all(servers: dict, wl, repeats: int) -> dict[str, tuple[dict, dict]]:
+    """Warm every server up on a few requests, then ``repeats`` rounds in which every server
+    serves the whole workload once (round-robin, so load from other processes hits all alike).
+    Returns {name: (tokens/s stats, extras)}; extras carry p50/p99 latency and, per contender,
+    ``frod_engine_speedup`` = median over rounds of frod_engine tokens/s / its tokens/s."""
     small = type(wl)(wl.prompts[:WARMUP_REQUESTS], wl.adapters[:WARMUP_REQUESTS],
                      wl.num_adapters, wl.popularity, wl.max_tokens)
-    serve(small)
-    runs = [serve(wl) for _ in range(repeats)]
-    tps = [r["tokens"] / r["wall_s"] for r in runs]
-    p50 = [_pct(r["latencies_s"], 0.50) for r in runs]
-    p99 = [_pct(r["latencies_s"], 0.99) for r in runs]
-    extra = {"latency_p50_s": statistics.median(p50), "latency_p99_s": statistics.median(p99),
-             "latency_p50_repeats": p50, "latency_p99_repeats": p99,
-             "wall_s": statistics.median(r["wall_s"] for r in runs),
-             "tokens": runs[0]["tokens"]}
-    return summarize(tps), extra
+    for serve in servers.values():
+        serve(small)
+    runs: dict[str, list] = {k: [] for k in servers}
+    for _ in range(repeats):
+        for name, serve in servers.items():
+            runs[name].append(serve(wl))
+    tps = {k: [r["tokens"] / r["wall_s"] for r in v] for k, v in runs.items()}
+    out = {}
+    for name, rs in runs.items():
+        p50 = [_pct(r["latencies_s"], 0.50) for r in rs]
+        p99 = [_pct(r["latencies_s"], 0.99) for r in rs]
+        extra = {"latency_p50_s": statistics.median(p50), "latency_p99_s": statistics.median(p99),
+                 "latency_p50_repeats": p50, "latency_p99_repeats": p99,
+                 "wall_s": statistics.median(r["wall_s"] for r in rs), "tokens": rs[0]["tokens"]}
+        ref = tps.get("frod_engine") or tps.get("frod_base")
+        if ref is not None and name not in ("frod_engine", "frod_base"):
+            extra["frod_engine_speedup"] = statistics.median(a / b for a, b in zip(ref, tps[name]))
+        out[name] = (summarize(tps[name]), extra)
+    return out
 
 
 def run(results, device: str, mode: str, out_dir: Path) -> None:
@@ -63,50 +75,32 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
     base = make_base(st["model"])
     results.doc["settings"].update(st, model=describe(base), lora_rank=pc.lora_rank(
         base, st["sparse_rate"]), latency="seconds from t=0 (all requests queued at once) "
-        "until the request's last token")
+        "until the request's last token", rounds="contenders of one configuration are run "
+        "round-robin, once per round; frod_engine_speedup is the median per-round ratio")
     rep, mb, V = st["repeats"], st["max_batch"], base.config.vocab_size
     wl_kw = dict(num_requests=st["requests"], prompt_len=st["prompt_len"],
                  max_tokens=st["max_tokens"], vocab=V)
     tmp = Path(tempfile.mkdtemp(prefix="frod-bench-engine-"))
     max_len = st["prompt_len"] + st["max_tokens"]
+    tiny_setup: dict[str, float] = {}
 
     # the base model alone: frod_rt Engine and plain HF generate
     wl = make_workload(num_adapters=1, popularity="uniform", base_only=True, **wl_kw)
-    eng, setup = fc.build_engine(base, {}, device, mb, max_len, tmp / "cache")
-    stats, ex = _timed(lambda w: fc.serve_engine(eng, w, device), wl, rep)
-    results.add("base", "frod_base", {"adapters": 0}, stats, metric="tokens_per_s",
-                unit="tokens/s", setup_s=setup, **ex)
-    del eng
+    eng, tiny_setup["frod_base"] = fc.build_engine(base, {}, device, mb, max_len, tmp / "cache")
     hf = clone(base).to(device)
-    stats, ex = _timed(lambda w: serve_batches(((None, part, {}) for part in chunks(
-        list(range(len(w.prompts))), mb)), hf, w, device), wl, rep)
-    results.add("base", "hf_base", {"adapters": 0}, stats, metric="tokens_per_s",
-                unit="tokens/s", **ex)
-    del hf
+    servers = {"frod_base": lambda w: fc.serve_engine(eng, w, device),
+               "hf_base": lambda w: serve_batches(((None, part, {}) for part in chunks(
+                   list(range(len(w.prompts))), mb)), hf, w, device)}
+    for name, (stats, ex) in _timed_all(servers, wl, rep).items():
+        results.add("base", name, {"adapters": 0}, stats, metric="tokens_per_s",
+                    unit="tokens/s", setup_s=tiny_setup.get(name, 0.0), **ex)
+    del eng, hf, servers
 
     for N in tqdm(st["adapters"], desc="engine", unit="adapter count"):
         wls = {pop: make_workload(num_adapters=N, popularity=pop, **wl_kw)
                for pop in st["popularity"] if not (pop == "zipf" and N == 1)}
-        paths, wsec = fc.write_frod_adapters(base, N, st["sparse_rate"], tmp / f"n{N}")
-        eng, setup = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache")
-        for pop, wl in wls.items():
-            params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
-            stats, ex = _timed(lambda w: fc.serve_engine(eng, w, device), wl, rep)
-            results.add(pop, "frod_engine", params, stats, metric="tokens_per_s",
-                        unit="tokens/s", setup_s=setup + wsec, **ex)
-        del eng
-        if "zipf" in wls and N >= HOT:
-            hot = [f"a{i}" for i in range(HOT)]       # Zipf ranks adapter 0 most popular
-            eng, setup = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache",
-                                         merge_hot=hot)
-            wl = wls["zipf"]
-            params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
-            stats, ex = _timed(lambda w: fc.serve_engine(eng, w, device), wl, rep)
-            results.add("zipf", "frod_engine_hot", params, stats, metric="tokens_per_s",
-                        unit="tokens/s", setup_s=setup + wsec, merge_hot=hot, **ex)
-            del eng
+        _one_count(results, base, N, wls, st, device, tmp, max_len)
         gc.collect()
-        _peft_side(results, base, N, wls, st, device)
     _headline(results, st)
     stem = results.stem()
     base_tps = results.find("base", "frod_base")
@@ -119,49 +113,59 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
                    y="latency_p99_s", ylabel="p99 request latency (s)", logy=True)
 
 
-def _peft_side(results, base, N: int, wls: dict, st: dict, device: str) -> None:
-    caps, rep, mb = st["max_adapters"], st["repeats"], st["max_batch"]
-
-    def skip_all(name, why):
-        for pop, wl in wls.items():
-            results.skip(pop, name, {"adapters": N, "requests": len(wl.prompts),
-                                     "distinct": wl.distinct}, why)
+def _one_count(results, base, N: int, wls: dict, st: dict, device: str, tmp: Path,
+               max_len: int) -> None:
+    """Build every contender for N adapters, then measure each popularity round-robin."""
+    mb, caps = st["max_batch"], st["max_adapters"]
+    servers, setup, sizes, skipped = {}, {}, {}, {}
+    paths, wsec = fc.write_frod_adapters(base, N, st["sparse_rate"], tmp / f"n{N}")
+    eng, t = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache")
+    servers["frod_engine"] = lambda w, e=eng: fc.serve_engine(e, w, device)
+    setup["frod_engine"] = t + wsec
+    hot = [f"a{i}" for i in range(min(HOT, N))]       # Zipf ranks adapter 0 most popular
+    if "zipf" in wls:
+        eng_hot, t = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache",
+                                     merge_hot=hot)
+        servers["frod_engine_hot"] = lambda w, e=eng_hot: fc.serve_engine(e, w, device)
+        setup["frod_engine_hot"] = t + wsec
     only = st.get("peft_adapters")
     if only is not None and N not in only:
         for name in ("peft_frod", "merged", "peft_lora"):
-            skip_all(name, f"this run measures the PEFT contenders at {only} adapters only")
-        return
-    if N <= min(caps["peft_frod"], caps["merged"]):
-        model, setup = pc.build_peft_frod(base, N, st["sparse_rate"])
-        model.to(device)
-        mb_frod = module_bytes(model) / 2**20
-        for name, serve in (("peft_frod", pc.serve_peft_frod), ("merged", pc.serve_merged)):
-            for pop, wl in wls.items():
-                params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
-                stats, ex = _timed(lambda w: serve(model, w, device, mb), wl, rep)
-                results.add(pop, name, params, stats, metric="tokens_per_s", unit="tokens/s",
-                            setup_s=setup, model_mb=mb_frod, **ex)
-        del model
-        gc.collect()
+            skipped[name] = f"this run measures the PEFT contenders at {only} adapters only"
     else:
-        why = (f"over this run's cap of {caps['peft_frod']} adapters (PEFT FRoD keeps a copy of U "
-               "per adapter and re-decomposes the base on every add_adapter)")
-        skip_all("peft_frod", why)
-        skip_all("merged", why)
-    if N <= caps["peft_lora"]:
-        rank = results.doc["settings"]["lora_rank"]
-        model, setup = pc.build_peft_lora(base, N, rank)
-        model.to(device)
-        mb_lora = module_bytes(model) / 2**20
-        for pop, wl in wls.items():
-            params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
-            stats, ex = _timed(lambda w: pc.serve_peft_lora(model, w, device, mb), wl, rep)
-            results.add(pop, "peft_lora", params, stats, metric="tokens_per_s", unit="tokens/s",
-                        setup_s=setup, lora_rank=rank, model_mb=mb_lora, **ex)
-        del model
-        gc.collect()
-    else:
-        skip_all("peft_lora", f"over this run's cap of {caps['peft_lora']} adapters")
+        if N <= min(caps["peft_frod"], caps["merged"]):
+            frod_model, t = pc.build_peft_frod(base, N, st["sparse_rate"])
+            frod_model.to(device)
+            sizes["peft_frod"] = sizes["merged"] = module_bytes(frod_model) / 2**20
+            setup["peft_frod"] = setup["merged"] = t
+            servers["peft_frod"] = lambda w, m=frod_model: pc.serve_peft_frod(m, w, device, mb)
+            servers["merged"] = lambda w, m=frod_model: pc.serve_merged(m, w, device, mb)
+        else:
+            skipped["peft_frod"] = skipped["merged"] = (
+                f"over this run's cap of {caps['peft_frod']} adapters (PEFT FRoD keeps a copy of "
+                "U per adapter and re-decomposes the base on every add_adapter)")
+        if N <= caps["peft_lora"]:
+            rank = results.doc["settings"]["lora_rank"]
+            lora_model, t = pc.build_peft_lora(base, N, rank)
+            lora_model.to(device)
+            sizes["peft_lora"] = module_bytes(lora_model) / 2**20
+            setup["peft_lora"] = t
+            servers["peft_lora"] = lambda w, m=lora_model: pc.serve_peft_lora(m, w, device, mb)
+        else:
+            skipped["peft_lora"] = f"over this run's cap of {caps['peft_lora']} adapters"
+    for pop, wl in wls.items():
+        params = {"adapters": N, "requests": len(wl.prompts), "distinct": wl.distinct}
+        here = {k: v for k, v in servers.items() if k != "frod_engine_hot" or pop == "zipf"}
+        for name, (stats, ex) in _timed_all(here, wl, st["repeats"]).items():
+            extra = dict(ex, setup_s=setup[name])
+            if name in sizes:
+                extra["model_mb"] = sizes[name]
+            if name == "frod_engine_hot":
+                extra["merge_hot"] = hot
+            results.add(pop, name, params, stats, metric="tokens_per_s", unit="tokens/s",
+                        **extra)
+        for name, why in skipped.items():
+            results.skip(pop, name, params, why)
 
 
 def _headline(results, st: dict) -> None:
@@ -175,14 +179,16 @@ def _headline(results, st: dict) -> None:
             top["median"] / one["median"], 4)
     if one and base:
         h[f"frod_engine_{ns[0]}_adapter_vs_base"] = round(one["median"] / base["median"], 4)
+    hf = results.find("base", "hf_base")
+    if hf and base:
+        h["frod_base_vs_hf_generate_base"] = round(base["median"] / hf["median"], 4)
     mid = 32 if 32 in ns else ns[len(ns) // 2]
     for pop in st["popularity"]:
-        ours = results.find(pop, "frod_engine", adapters=mid)
-        for other in ("peft_frod", "peft_lora", "merged"):
+        for other in ("peft_frod", "peft_lora", "merged", "frod_engine_hot"):
             theirs = results.find(pop, other, adapters=mid)
-            if ours and theirs:
+            if theirs and "frod_engine_speedup" in theirs:
                 h[f"frod_engine_vs_{other}_{pop}_{mid}_adapters"] = round(
-                    ours["median"] / theirs["median"], 3)
+                    theirs["frod_engine_speedup"], 3)
     h["goals"] = ("1024-adapter tokens/s >= 90% of 1-adapter; >= 10x PEFT FRoD "
                   "(reported, never asserted)")
     results.doc["headline"] = h
