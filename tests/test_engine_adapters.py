@@ -80,14 +80,17 @@ def test_batch_invariance_16_adapters(tmp_path, gen):
     names = [f"a{i % 16:02d}" if i % 3 else None for i in range(24)]
     sp = SamplingParams(max_tokens=6, ignore_eos=True)
 
-    def run(pairs):
-        ids = [eng.add_request(p, a, sp) for p, a in pairs]
-        seqs = [eng.get_sequence(i) for i in ids]
+    def run(pairs, stagger=False):
+        seqs = []
+        for j, (p, a) in enumerate(pairs):
+            seqs.append(eng.get_sequence(eng.add_request(p, a, sp)))
+            if stagger and j % 5 == 4:
+                eng.step()          # later requests prefill while earlier ones decode
         while eng.has_unfinished():
             eng.step()
         return [(s.output_ids, torch.stack(s.logits)) for s in seqs]
 
-    mixed = run(list(zip(prompts, names)))
+    mixed = run(list(zip(prompts, names)), stagger=True)
     for j in (0, 1, 2, 5, 7, 11, 23):
         alone = run([(prompts[j], names[j])])[0]
         assert alone[0] == mixed[j][0]

@@ -184,7 +184,12 @@ def test_abort_and_errors(gen):
                 outs[o.request_id] = o.finish_reason
     assert outs == {a: "abort", b: "length", c: "length"}
     assert eng.block_manager.num_used == 0
-    assert eng.stats()["requests_aborted_total"] == 1
+    st = eng.stats()
+    assert st["requests_aborted_total"] == 1
+    for key in ("requests_total", "tokens_generated_total", "queue_depth", "running",
+                "adapters_loaded", "adapter_evictions_total"):
+        assert key in st
+    assert st["requests_total"] == 3 and st["queue_depth"] == 0 and st["running"] == 0
 
 
 def test_step_api_with_producer_thread(gen):

@@ -131,7 +131,8 @@ class AdapterManager:
         if isinstance(merge_hot, str):
             merge_hot = [merge_hot]
         self.hot: set[str] = set(merge_hot or ())
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()          # registry, pools, slot tables
+        self._add_lock = threading.Lock()       # one add() at a time (may decompose)
         self.entries: dict[str, _Entry] = {}
         self.host_lru: OrderedDict[str, None] = OrderedDict()
         self.slot_entry: list[_Entry | None] = [None] * self.A
@@ -175,8 +176,7 @@ class AdapterManager:
     def _read(self, name: str, path: Path):
         from ..method.adapter_io import check_against, read_adapter
         f = read_adapter(path, name=name)
-        with self.lock:
-            d = self._decomposition_for(f)
+        d = self._decomposition_for(f)     # outside the lock: may decompose (slow, cached)
         check_against(f, d)
         return f, d
 
@@ -191,10 +191,14 @@ class AdapterManager:
         with self.lock:
             if name in self.entries:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
-        try:
-            f, d = self._read(name, p)
-        except AdapterError as e:
-            raise type(e)(f"adapter {name!r} ({p}) refused: {e}") from e
+        with self._add_lock:
+            try:
+                f, d = self._read(name, p)
+            except AdapterError as e:
+                raise type(e)(f"adapter {name!r} ({p}) refused: {e}") from e
+            self._register(name, p, f, d)
+
+    def _register(self, name: str, p: Path, f, d) -> None:
         with self.lock:
             if name in self.entries:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")

@@ -63,6 +63,16 @@ def _load_hf(path: Path, dtype, device):
     return model
 
 
+def _as_dtype(dtype):
+    """None, a torch.dtype or its name ("bfloat16", "torch.float16") -> torch.dtype | None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    got = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(got, torch.dtype) or not got.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch dtype or its name, got {dtype!r}")
+    return got
+
+
 class Engine:
     """Serves a base model and any number of FRoD adapters (see ``Engine.load``)."""
 
@@ -75,10 +85,7 @@ class Engine:
         lim = dict(_LIMITS, **limits)
         self.limits = lim
         self.device = torch.device(device)
-        if dtype is not None and not isinstance(dtype, torch.dtype):
-            dtype = getattr(torch, str(dtype).replace("torch.", ""), None)
-            if not isinstance(dtype, torch.dtype):
-                raise TypeError(f"dtype: expected a torch dtype or its name, got {limits!r}")
+        dtype = _as_dtype(dtype)
         model = model.to(device=self.device, dtype=dtype) if dtype is not None else \
             model.to(self.device)
         model.eval().requires_grad_(False)
@@ -155,6 +162,7 @@ class Engine:
                 kv_cache_tokens / kv_blocks, block_size, device_adapter_capacity, ...).
         """
         base_name = None
+        dtype = _as_dtype(dtype)
         if isinstance(base, (str, os.PathLike)):
             path = Path(base)
             if not path.is_dir():
@@ -189,6 +197,8 @@ class Engine:
     def add_adapter(self, name: str, path) -> None:
         """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
         FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
+        if name == self.base_name:
+            raise ValueError(f"adapter name {name!r} is the base model's name")
         self.pool.add(name, path)
 
     def remove_adapter(self, name: str) -> None:

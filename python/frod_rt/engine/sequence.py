@@ -38,6 +38,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.slot = -1
         self.finish_reason: str | None = None
+        self.error: str | None = None   # why an aborted request could not be served
         self.text = ""                  # detokenized output, stop strings cut off
         self.emitted_text_len = 0       # chars of ``text`` already handed out
         self.emitted_tokens = 0         # output tokens already handed out
