@@ -47,6 +47,8 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
                         setup_s=out["setup_s"], peak_mem_mb=mem["peak_bytes"] / 2**20 if
                         mem["peak_bytes"] else None, mem_kind=mem["kind"],
                         start_mem_mb=mem["start_bytes"] / 2**20 if mem["start_bytes"] else None,
+                        peak_growth_mb=(mem["peak_bytes"] - mem["start_bytes"]) / 2**20
+                        if mem["peak_bytes"] and mem["start_bytes"] else None,
                         model_mb=out["model_bytes"] / 2**20, loss_first=out["loss_first"],
                         loss_last=out["loss_last"])
     _headline(results, st)
@@ -66,4 +68,7 @@ def _headline(results, st: dict) -> None:
             h[f"frod_mixed_vs_peft_seq_{N}_adapters"] = round(a["median"] / b["median"], 3)
             h[f"model_mb_frod_vs_peft_{N}_adapters"] = [round(a["model_mb"], 2),
                                                          round(b["model_mb"], 2)]
+            if a.get("peak_growth_mb") is not None and b.get("peak_growth_mb") is not None:
+                h[f"peak_growth_mb_frod_vs_peft_{N}_adapters"] = [round(a["peak_growth_mb"], 1),
+                                                                   round(b["peak_growth_mb"], 1)]
     results.doc["headline"] = h
