@@ -95,9 +95,11 @@ def main(argv=None) -> int:
 
 
 NOTE = ("Taken with `python -m bench all --quick` on a **shared 2-core machine** (AMD EPYC, "
-        "no GPU) while other jobs were running on the same cores: absolute numbers are noisy "
-        "and low; ratios within one run are the meaningful part (layer ratios are medians of "
-        "paired per-repeat ratios). Rerun on a quiet machine or a GPU for real figures.")
+        "no GPU) that other jobs use too: absolute numbers are noisy and low; ratios within one "
+        "run are the meaningful part (layer ratios are medians of paired per-repeat ratios, "
+        "engine speedups medians of per-round ratios). Rerun on a quiet machine or a GPU "
+        "(`--device cuda`) for real figures. On CPU `peak_growth_mb` is close to 0 because the "
+        "allocator reuses memory freed by earlier contenders; it is meaningful on CUDA only.")
 
 
 if __name__ == "__main__":
