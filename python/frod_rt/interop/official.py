@@ -31,7 +31,6 @@ usually the one that stays within tolerance.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import linear_weight
 from ..method.decompose import decompose
+from .peft_dir import read_peft_frod_dir
 from ._foreign import BasisMismatch, ForeignLayer, check_foreign_bases, file_basis, to_our_basis
 
 __all__ = ["OfficialImport", "import_official", "official_category", "load_projection_cache"]
@@ -121,35 +121,6 @@ def load_projection_cache(model_dir, adapter_name: str = "default", *,
     return loaded[0], loaded[1]
 
 
-def _read_adapter_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    if not path.is_dir():
-        raise FileNotFoundError(f"official FRoD adapter directory not found: {path}")
-    cfg_path = path / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{cfg_path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "FROD":
-        raise AdapterError(f"{cfg_path}: peft_type is {cfg.get('peft_type')!r}, expected 'FROD'")
-    st, pt = path / "adapter_model.safetensors", path / "adapter_model.bin"
-    try:
-        if st.is_file():
-            from safetensors.torch import load_file
-            sd = load_file(str(st))
-        elif pt.is_file():
-            sd = torch.load(str(pt), map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"{path}: neither adapter_model.safetensors nor "
-                                    "adapter_model.bin found")
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise AdapterError(f"{path}: adapter weights are unreadable ({e})") from e
-    return cfg, sd
-
-
 def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
                     V: dict | None = None, indices: dict | None = None,
                     adapter_name: str = "default", trust_pickle: bool = False,
@@ -176,7 +147,7 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
     if basis not in ("auto", "frod_rt", "file"):
         raise ValueError(f"basis must be 'auto', 'frod_rt' or 'file', got {basis!r}")
     path = Path(adapter_dir)
-    cfg, sd = _read_adapter_dir(path)
+    cfg, sd = read_peft_frod_dir(path, 'official FRoD')
     if any(k.endswith(".frod_lambda_l") for k in sd):
         raise AdapterError(f"{path}: this is an upstream PEFT FRoD adapter (keys frod_lambda_*); "
                            "use frod_rt.interop.peft.import_peft")

@@ -28,7 +28,6 @@ in *that* basis (computed here by PEFT's own algorithm): exact for adapters impo
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import is_conv1d, linear_weight
 from ..method.decompose import decompose
+from .peft_dir import read_peft_frod_dir
 from ._foreign import BasisMismatch, ForeignLayer, check_foreign_bases, file_basis, foreign_split, signed_permutation, to_our_basis
 
 __all__ = ["PeftImport", "import_peft", "export_peft", "peft_category", "peft_projections"]
@@ -158,35 +158,6 @@ def _peft_l0(weight: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------- reading PEFT adapters
-def _read_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    if not path.is_dir():
-        raise FileNotFoundError(f"PEFT adapter directory not found: {path}")
-    cfg_path = path / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} is missing (not a PEFT adapter directory)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{cfg_path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "FROD":
-        raise AdapterError(f"{cfg_path}: peft_type is {cfg.get('peft_type')!r}, expected 'FROD'")
-    st, pt = path / "adapter_model.safetensors", path / "adapter_model.bin"
-    try:
-        if st.is_file():
-            from safetensors.torch import load_file
-            sd = load_file(str(st))
-        elif pt.is_file():
-            sd = torch.load(str(pt), map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"{path}: neither adapter_model.safetensors nor "
-                                    "adapter_model.bin found")
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise AdapterError(f"{path}: adapter weights are unreadable ({e})") from e
-    return cfg, sd
-
-
 def _from_state_dict(cfg: dict, sd: dict, base_model: nn.Module, where: str
                      ) -> tuple[list[ForeignLayer], list[str], bool]:
     if any(k.endswith(".FROD_lambda_l") for k in sd):
@@ -315,7 +286,7 @@ def import_peft(source, base_model: nn.Module | None = None,
         if base_model is None:
             raise ValueError("import_peft: base_model is required to import from a directory")
         path = Path(source)
-        cfg, sd = _read_dir(path)
+        cfg, sd = read_peft_frod_dir(path, 'PEFT')
         layers, ignored, from_file = _from_state_dict(cfg, sd, base_model, str(path))
         name = name or path.name
     elif hasattr(source, "peft_config"):
