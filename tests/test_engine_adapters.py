@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from engine_helpers import hf_greedy, random_prompts
 from frod_rt.engine import Engine, SamplingParams, UnknownAdapterError
 from frod_rt.engine.toy import load_merged, merged_weights, random_adapter, toy_gpt2, toy_llama
 from frod_rt.method import AdapterError
@@ -17,14 +18,10 @@ GPT2_T = ["c_attn", "c_proj", "c_fc"]
 
 
 def _prompts(n, vocab, gen, lo=2, hi=16):
-    lens = torch.randint(lo, hi, (n,), generator=gen).tolist()
-    return [torch.randint(3, vocab, (L,), generator=gen).tolist() for L in lens]
+    return random_prompts(n, vocab, gen, lo, hi)
 
 
-def _hf_greedy(model, prompt, n):
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
-                         do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+_hf_greedy = hf_greedy
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])

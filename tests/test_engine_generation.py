@@ -5,20 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine_helpers import hf_greedy, random_prompts
 from frod_rt.engine import (Engine, EngineOverloadedError, RequestTooLargeError,
                             SamplingParams, UnknownAdapterError)
 from frod_rt.engine.toy import toy_gpt2, toy_llama, toy_tokenizer
 
 
-def _prompts(n, vocab, gen, lo=2, hi=20):
-    lens = torch.randint(lo, hi, (n,), generator=gen).tolist()
-    return [torch.randint(3, vocab, (L,), generator=gen).tolist() for L in lens]
-
-
-def _hf_greedy(model, prompt, n):
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
-                         do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+_prompts = random_prompts
+_hf_greedy = hf_greedy
 
 
 def _qwen2():
