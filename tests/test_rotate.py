@@ -160,3 +160,12 @@ def test_mixed_tiles_batch_invariant():
         alone = rotate_segments(p.z[t:t + 1], torch.tensor([0, 1], dtype=torch.int32),
                                 ids[t:t + 1].int(), p.dl, p.s, p.rows, p.cols)
         assert torch.equal(alone, full[t:t + 1])
+
+
+def test_eager_fast_path_equals_custom_op():
+    """Eager inference calls the kernel directly; it must equal the registered op bitwise."""
+    p = make_problem(dtype=torch.float32)
+    with torch.no_grad():
+        fast = rotate_segments(*p.args())
+    op = torch.ops.frod_rt.rotate_segments(*p.args())
+    assert torch.equal(fast, op)
