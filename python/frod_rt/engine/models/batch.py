@@ -27,6 +27,26 @@ class AttnBatch:
     _masks: dict = field(default_factory=dict)
 
     _decode: tuple | None = None
+    _prompts: list | None = None
+
+    def prompt_groups(self, device) -> list:
+        """Sequences whose rows are their whole context (fresh prompts, or every sequence of
+        an encoder batch), grouped by length so each group is one batched attention call:
+        a list of (indices into the sequence lists, their rows (B * L,) int64, L), groups of
+        at least two sequences only."""
+        if self._prompts is None:
+            by_len: dict[int, list[int]] = {}
+            for i, (q, c) in enumerate(zip(self.q_lens, self.ctx_lens)):
+                if q > 1 and (self.kv_cache is None or q == c):
+                    by_len.setdefault(q, []).append(i)
+            self._prompts = []
+            for L, idx in by_len.items():
+                if len(idx) < 2:
+                    continue
+                starts = torch.tensor([self.starts[i] for i in idx], dtype=torch.long, device=device)
+                rows = (starts[:, None] + torch.arange(L, device=device)[None, :]).reshape(-1)
+                self._prompts.append((idx, rows, L))
+        return self._prompts
 
     def decode_group(self, device):
         """Sequences feeding one token with earlier context in the cache, attended together:

@@ -102,6 +102,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, att
                                            scale=scale, enable_gqa=gqa)
         out[rows] = o[:, :, 0, :]
         done = set(idx)
+    for idx, rows, L in attn.prompt_groups(q.device):
+        # prompts of one length that see only their own rows: one batched call; the mask
+        # is the one the per-sequence path uses, so a row's result is the same either way
+        B = len(idx)
+        qb = q[rows].view(B, L, Hq, D).transpose(1, 2)
+        kb = k[rows].view(B, L, Hkv, D).transpose(1, 2)
+        vb = v[rows].view(B, L, Hkv, D).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=attn.causal_mask(L, L, q.device),
+                                           scale=scale, enable_gqa=gqa)
+        out[rows] = o.transpose(1, 2).reshape(B * L, Hq, D)
+        done.update(idx)
     for i, s in enumerate(attn.starts):
         if i in done:
             continue
