@@ -1,9 +1,9 @@
 """``python -m bench ...``: see :mod:`bench.run`.
 
-frod_rt's compiled module uses the system libgomp while torch ships its own copy: two OpenMP
-thread pools whose idle threads spin and starve each other (measured here: small GEMMs 5-100x
-slower once a frod_rt kernel has run). Unless the caller chose a policy, the benchmarks run
-with ``OMP_WAIT_POLICY=PASSIVE``, set before torch loads; the value is recorded in every JSON.
+libgomp (one runtime, shared by torch and frod_rt._C) lets idle threads spin by default,
+which starved other work on a shared machine (small GEMMs 5-100x slower once a frod_rt kernel
+had run). Unless the caller chose a policy, the benchmarks run with
+``OMP_WAIT_POLICY=PASSIVE``, set before torch loads; the value is recorded in every JSON.
 """
 import os
 import sys
