@@ -76,6 +76,9 @@ HEADING = "## Latest figures"
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     readme = None
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if args[:1] == ["--readme"]:
         readme, args = Path(args[1]), args[2:]
     if not args:
@@ -94,9 +97,9 @@ def main(argv=None) -> int:
     return 0
 
 
-NOTE = ("Taken with `python -m bench all --quick` on a **shared 2-core machine** (AMD EPYC, "
-        "no GPU) that other jobs use too: absolute numbers are noisy and low; ratios within one "
-        "run are the meaningful part (layer ratios are medians of paired per-repeat ratios, "
+NOTE = ("Taken with `python -m bench all --quick` on a **2-core CPU machine** (AMD EPYC, "
+        "no GPU; a development machine, quiet during the run but not isolated): absolute numbers "
+        "are low; ratios within one run are the meaningful part (layer ratios are medians of paired per-repeat ratios, "
         "engine speedups medians of per-round ratios). Rerun on a quiet machine or a GPU "
         "(`--device cuda`) for real figures. On CPU `peak_growth_mb` is close to 0 because the "
         "allocator reuses memory freed by earlier contenders; it is meaningful on CUDA only.")
