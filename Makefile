@@ -22,7 +22,7 @@ setup: $(VENV)/.deps
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps .
 
 demo: setup
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python examples/demo.py
+	GOMP_SPINCOUNT=20000 $(BIN)/python examples/demo.py
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so test processes
 # (and the server subprocesses some tests start) do not starve each other on small machines.

@@ -9,12 +9,13 @@ Public surface:
 import os as _os
 import sys as _sys
 
-if "torch" not in _sys.modules:
-    # Idle OpenMP threads sleep instead of spinning. With spinning (libgomp's default), a
-    # process sharing its cores with others ran the demo ~80x slower (measured on a loaded
-    # 2-core machine). Only takes effect when frod_rt is imported before torch; set
-    # OMP_WAIT_POLICY=ACTIVE yourself to keep spinning.
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "torch" not in _sys.modules and not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(_os.environ)):
+    # Idle OpenMP threads spin for a bounded time, then sleep. libgomp's default spin
+    # (300k iterations) made serving ~70x slower on a machine whose cores are busy with other
+    # work, and OMP_WAIT_POLICY=PASSIVE made it ~3x slower on an idle one (wake-ups); 20k
+    # spins kept most of both (docs/architecture.md, "Threads: OpenMP waits"). Only takes
+    # effect when frod_rt is imported before torch and the user chose no policy.
+    _os.environ["GOMP_SPINCOUNT"] = "20000"
 
 from . import ops
 from ._core import cuda_kernels_built
