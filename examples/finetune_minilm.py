@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import hashlib
 import importlib.metadata as md
 import json
-import math
 import os
 import platform
 import random
 import re
-import sys
 import time
 from pathlib import Path
 

@@ -311,3 +311,39 @@ def file_basis(layers: list[ForeignLayer], *, alpha: float, target_modules: list
     adapter = _make_adapter(name, dec, layers, keys, mapped, sparse_rate,
                             dict(extra, basis=tag, max_rel_error=0.0), dtype)
     return adapter, dec
+
+
+def resolve_basis(layers: list[ForeignLayer], base_model, *, basis: str,
+                  decomposition: Decomposition | None, alpha: float, cache_dir, name: str,
+                  sparse_rate: float, extra: dict, tol: float, dtype, tag: str
+                  ) -> tuple[AdapterFile, Decomposition, str, float]:
+    """Express a foreign adapter in frod_rt's basis or keep the file's (see module docstring).
+
+    ``basis``: "frod_rt" (map onto our decomposition, AdapterError above ``tol``), "file"
+    (exact: a decomposition built from the file's V) or "auto" (frod_rt when within ``tol``,
+    else file). Returns (adapter, its decomposition, the basis used, worst measured error).
+    """
+    from ..method.adapter_io import check_against
+    from ..method.decompose import decompose
+
+    err = None
+    if basis in ("auto", "frod_rt"):
+        if decomposition is None:
+            decomposition = decompose(base_model, [fl.name for fl in layers], alpha=alpha,
+                                      progress=False, cache_dir=cache_dir)
+        try:
+            adapter, worst = to_our_basis(layers, decomposition, name=name,
+                                          sparse_rate=sparse_rate, extra=extra, tol=tol,
+                                          dtype=dtype)
+            check_against(adapter, decomposition)
+            return adapter, decomposition, "frod_rt", worst
+        except BasisMismatch:
+            raise
+        except AdapterError as e:
+            if basis == "frod_rt":
+                raise
+            err = str(e)
+    adapter, dec = file_basis(layers, alpha=alpha, target_modules=[fl.name for fl in layers],
+                              name=name, sparse_rate=sparse_rate,
+                              extra=dict(extra, frod_rt_basis_rejected=err), dtype=dtype, tag=tag)
+    return adapter, dec, "file", 0.0

@@ -39,12 +39,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..method.adapter_io import AdapterError, AdapterFile, check_against
+from ..method.adapter_io import AdapterError, AdapterFile
 from ..method.basis import Decomposition
 from ..method.categories import linear_weight
-from ..method.decompose import decompose
 from .peft_dir import read_peft_frod_dir
-from ._foreign import BasisMismatch, ForeignLayer, check_foreign_bases, file_basis, to_our_basis
+from ._foreign import ForeignLayer, check_foreign_bases, resolve_basis
 
 __all__ = ["OfficialImport", "import_official", "official_category", "load_projection_cache"]
 
@@ -209,23 +208,8 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
              " + S^T)V^T (pattern transposed, dl = full lambda)", "official_sparse_rate": rate}
     residuals = check_foreign_bases(layers, base_tol) if base_tol is not None else {}
     extra["basis_residual"] = max(residuals.values(), default=0.0)
-    err = None
-    if basis in ("auto", "frod_rt"):
-        if decomposition is None:
-            decomposition = decompose(base_model, names, alpha=alpha, progress=False,
-                                      cache_dir=cache_dir)
-        try:
-            adapter, worst = to_our_basis(layers, decomposition, name=name, sparse_rate=rate,
-                                          extra=extra, tol=tol, dtype=dtype)
-            check_against(adapter, decomposition)
-            return OfficialImport(adapter, decomposition, "frod_rt", worst, ignored)
-        except BasisMismatch:
-            raise
-        except AdapterError as e:
-            if basis == "frod_rt":
-                raise
-            err = str(e)
-    adapter, dec = file_basis(layers, alpha=alpha, target_modules=names, name=name,
-                              sparse_rate=rate, extra=dict(extra, frod_rt_basis_rejected=err),
-                              dtype=dtype, tag="official")
-    return OfficialImport(adapter, dec, "file", 0.0, ignored)
+    adapter, dec, used, worst = resolve_basis(
+        layers, base_model, basis=basis, decomposition=decomposition, alpha=alpha,
+        cache_dir=cache_dir, name=name, sparse_rate=rate, extra=extra, tol=tol, dtype=dtype,
+        tag="official")
+    return OfficialImport(adapter, dec, used, worst, ignored)

@@ -40,7 +40,8 @@ from ..method.basis import Decomposition
 from ..method.categories import is_conv1d, linear_weight
 from ..method.decompose import decompose
 from .peft_dir import read_peft_frod_dir
-from ._foreign import BasisMismatch, ForeignLayer, check_foreign_bases, file_basis, foreign_split, signed_permutation, to_our_basis
+from ._foreign import (ForeignLayer, check_foreign_bases, foreign_split, resolve_basis,
+                       signed_permutation)
 
 __all__ = ["PeftImport", "import_peft", "export_peft", "peft_category", "peft_projections"]
 
@@ -304,29 +305,13 @@ def import_peft(source, base_model: nn.Module | None = None,
              "peft_projection_prng_key": int(cfg.get("projection_prng_key", 0)),
              "peft_basis_from": "file" if from_file else "regenerated"}
     rate = float(cfg.get("sparse_rate", 0.01))
-    names = [fl.name for fl in layers]
     residuals = check_foreign_bases(layers, base_tol) if base_tol is not None else {}
     extra["basis_residual"] = max(residuals.values(), default=0.0)
-    err = None
-    if basis in ("auto", "frod_rt"):
-        if decomposition is None:
-            decomposition = decompose(base_model, names, alpha=alpha, progress=False,
-                                      cache_dir=cache_dir)
-        try:
-            adapter, worst = to_our_basis(layers, decomposition, name=name, sparse_rate=rate,
-                                          extra=extra, tol=tol, dtype=dtype)
-            check_against(adapter, decomposition)
-            return PeftImport(adapter, decomposition, "frod_rt", worst, ignored)
-        except BasisMismatch:
-            raise
-        except AdapterError as e:
-            if basis == "frod_rt":
-                raise
-            err = str(e)
-    adapter, dec = file_basis(layers, alpha=alpha, target_modules=names, name=name,
-                              sparse_rate=rate, extra=dict(extra, frod_rt_basis_rejected=err),
-                              dtype=dtype, tag="peft")
-    return PeftImport(adapter, dec, "file", 0.0, ignored)
+    adapter, dec, used, worst = resolve_basis(
+        layers, base_model, basis=basis, decomposition=decomposition, alpha=alpha,
+        cache_dir=cache_dir, name=name, sparse_rate=rate, extra=extra, tol=tol, dtype=dtype,
+        tag="peft")
+    return PeftImport(adapter, dec, used, worst, ignored)
 
 
 # ----------------------------------------------------------------- writing PEFT adapters

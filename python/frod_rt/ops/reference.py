@@ -37,7 +37,6 @@ def rotate_segments_reference(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> 
 
 def dense_update(U, V, dl, s, rows, cols) -> torch.Tensor:
     """dW = U (diag(dl) + S) V^T for one adapter (dl (n,), s (k,), rows/cols (k,))."""
-    n = V.shape[0]
     M = torch.diag(dl).clone()
     M = M.index_put((rows.long(), cols.long()), s, accumulate=True)
     return U @ M @ V.T
