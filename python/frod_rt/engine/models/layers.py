@@ -71,12 +71,13 @@ class AdaptedLinear:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, attn: AttnBatch,
               scale: float) -> torch.Tensor:
-    """Multi-head attention of the flat batch, one sequence at a time.
+    """Multi-head attention of the flat batch.
 
     q: (T, Hq, D); k, v: (T, Hkv, D) for the batch's new tokens. With a KV cache the new K/V
     are written to their slots first and every sequence attends to its gathered blocks;
     without one (encoders) each sequence attends to its own rows. Returns (T, Hq * D).
-    Prefill chunks are computed one sequence at a time; decode rows (one new token each) in
+    Fresh prompts of one length are computed in one batched call, other prefill chunks one
+    sequence at a time; decode rows (one new token each) in
     one padded, masked call.
     """
     T, Hq, D = q.shape
