@@ -42,7 +42,7 @@ from torch import nn
 from ..method.adapter_io import AdapterError, AdapterFile
 from ..method.basis import Decomposition
 from ..method.categories import linear_weight
-from .peft_dir import read_peft_frod_dir
+from .peft_dir import read_peft_frod_dir, split_lambda_tensors
 from ._foreign import ForeignLayer, check_foreign_bases, resolve_basis
 
 __all__ = ["OfficialImport", "import_official", "official_category", "load_projection_cache"]
@@ -156,19 +156,7 @@ def import_official(adapter_dir, base_model: nn.Module, projection_dir=None, *,
         V_c, idx_c = load_projection_cache(pdir, adapter_name, trust_pickle=trust_pickle)
         V = V if V is not None else V_c
         indices = indices if indices is not None else idx_c
-    lam, sv, ignored = {}, {}, []
-    for k, v in sd.items():
-        if k.startswith(_PREFIX) and k.endswith("." + _L):
-            lam[k[len(_PREFIX):-len(_L) - 1]] = v
-        elif k.startswith(_PREFIX) and k.endswith("." + _S):
-            sv[k[len(_PREFIX):-len(_S) - 1]] = v
-        else:
-            ignored.append(k)
-    if not lam:
-        raise AdapterError(f"{path}: no '{_L}' tensors found")
-    if set(lam) != set(sv):
-        raise AdapterError(f"{path}: layers without both {_L} and {_S}: "
-                           f"{sorted(set(lam) ^ set(sv))[:5]}")
+    lam, sv, ignored = split_lambda_tensors(sd, _PREFIX, _L, _S, str(path))
     modules = dict(base_model.named_modules())
     names = [n for n, _ in base_model.named_modules() if n in lam]
     missing = sorted(set(lam) - set(names))

@@ -39,7 +39,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import is_conv1d, linear_weight
 from ..method.decompose import decompose
-from .peft_dir import read_peft_frod_dir
+from .peft_dir import read_peft_frod_dir, split_lambda_tensors
 from ._foreign import (ForeignLayer, check_foreign_bases, foreign_split, resolve_basis,
                        signed_permutation)
 
@@ -164,26 +164,15 @@ def _from_state_dict(cfg: dict, sd: dict, base_model: nn.Module, where: str
     if any(k.endswith(".FROD_lambda_l") for k in sd):
         raise AdapterError(f"{where}: this is a checkpoint of the official FRoD research code "
                            "(keys FROD_lambda_*); use frod_rt.interop.official.import_official")
-    lam, sv, ignored = {}, {}, []
-    V_file, idx_file = {}, {}
-    for k, v in sd.items():
+    lam, sv, rest = split_lambda_tensors(sd, _PREFIX, _L, _S, where)
+    V_file, idx_file, ignored = {}, {}, []
+    for k in rest:
         if k.startswith(_PROJ[0]):
-            V_file[k[len(_PROJ[0]):]] = v
+            V_file[k[len(_PROJ[0]):]] = sd[k]
         elif k.startswith(_PROJ[1]):
-            idx_file[k[len(_PROJ[1]):]] = v
-        elif k.startswith(_PROJ[2]):
-            pass
-        elif k.startswith(_PREFIX) and k.endswith("." + _L):
-            lam[k[len(_PREFIX):-len(_L) - 1]] = v
-        elif k.startswith(_PREFIX) and k.endswith("." + _S):
-            sv[k[len(_PREFIX):-len(_S) - 1]] = v
-        else:
+            idx_file[k[len(_PROJ[1]):]] = sd[k]
+        elif not k.startswith(_PROJ[2]):
             ignored.append(k)
-    if not lam:
-        raise AdapterError(f"{where}: no '{_L}' tensors found")
-    if set(lam) != set(sv):
-        odd = sorted(set(lam) ^ set(sv))
-        raise AdapterError(f"{where}: layers without both {_L} and {_S}: {odd[:5]}")
     modules = dict(base_model.named_modules())
     names = [n for n, _ in base_model.named_modules() if n in lam]   # model order
     missing = sorted(set(lam) - set(names))

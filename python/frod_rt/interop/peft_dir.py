@@ -43,3 +43,28 @@ def read_peft_frod_dir(path: Path, flavour: str) -> tuple[dict, dict[str, torch.
     except Exception as e:
         raise AdapterError(f"{path}: adapter weights are unreadable ({e})") from e
     return cfg, sd
+
+
+def split_lambda_tensors(sd: dict[str, torch.Tensor], prefix: str, l_name: str, s_name: str,
+                         where: str) -> tuple[dict, dict, list[str]]:
+    """Split a PEFT-format FRoD state dict into per-layer tensors.
+
+    Keys ``<prefix><layer>.<l_name>`` and ``<prefix><layer>.<s_name>`` give (lambda by layer,
+    s values by layer); every other key is returned, in order, as the third item. Raises
+    AdapterError naming ``where`` when there are no lambda tensors or a layer lacks one of
+    the two.
+    """
+    lam, sv, rest = {}, {}, []
+    for k, v in sd.items():
+        if k.startswith(prefix) and k.endswith("." + l_name):
+            lam[k[len(prefix):-len(l_name) - 1]] = v
+        elif k.startswith(prefix) and k.endswith("." + s_name):
+            sv[k[len(prefix):-len(s_name) - 1]] = v
+        else:
+            rest.append(k)
+    if not lam:
+        raise AdapterError(f"{where}: no '{l_name}' tensors found")
+    if set(lam) != set(sv):
+        raise AdapterError(f"{where}: layers without both {l_name} and {s_name}: "
+                           f"{sorted(set(lam) ^ set(sv))[:5]}")
+    return lam, sv, rest
