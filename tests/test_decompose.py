@@ -16,18 +16,7 @@ from frod_models import (BERT_TARGETS, GPT2_TARGETS, LLAMA_TARGETS, tiny_bert, t
 
 
 def _rel_errors(model, d: Decomposition) -> dict[str, float]:
-    mods = dict(model.named_modules())
-    out = {}
-    for key, c in d.categories.items():
-        V = c.V.double()
-        worst = 0.0
-        for name in c.layers:
-            b = d.layers[name]
-            W = linear_weight(mods[name]).detach().double()
-            R = (b.U.double() * b.l.double()) @ V.T
-            worst = max(worst, float((R - W).norm() / W.norm()))
-        out[key] = worst
-    return out
+    return d.reconstruction_errors(model)
 
 
 def _minilm_dir() -> Path:

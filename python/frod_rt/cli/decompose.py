@@ -36,8 +36,7 @@ def targets_arg(targets: list[str]):
 
 
 def run(args) -> int:
-    import torch
-    from ..method.decompose import decompose, linear_weight
+    from ..method.decompose import decompose
     base = existing_dir(args.base, "base model directory")
     if not args.alpha > 0:
         raise CLIError(f"--alpha must be > 0, got {args.alpha}")
@@ -47,16 +46,10 @@ def run(args) -> int:
                   progress=True, dtype=dt)
     if not d.layers:
         raise CLIError(f"--targets {' '.join(args.targets)}: no linear layer of {base} matches")
-    mods = dict(model.named_modules())
+    errors = d.reconstruction_errors(model)
     rows = []
     for key, cat in d.categories.items():
-        V = cat.V.double()
-        err = 0.0
-        for name in cat.layers:
-            b = d.layers[name]
-            W = linear_weight(mods[name]).detach().double()
-            R = (b.U.double() * b.l.double()) @ V.T
-            err = max(err, float(torch.linalg.norm(R - W) / torch.linalg.norm(W).clamp_min(1e-300)))
+        err = errors[key]
         rows.append({"category": key, "out": cat.out_features, "in": cat.in_features,
                      "layers": len(cat.layers), "max_rel_error": err})
     if args.out:

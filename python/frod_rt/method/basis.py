@@ -58,6 +58,25 @@ class Decomposition:
         return Decomposition(self.fingerprint, self.alpha, list(self.target_modules), cats,
                              layers, dict(self.extra))
 
+    def reconstruction_errors(self, model) -> dict[str, float]:
+        """Per category, the worst ``|U_i diag(l_i) V^T - W_i| / |W_i|`` (Frobenius, float64)
+        over its layers, against the current weights of ``model``."""
+        from .categories import linear_weight
+
+        mods = dict(model.named_modules())
+        out = {}
+        for key, cat in self.categories.items():
+            V = cat.V.double()
+            worst = 0.0
+            for name in cat.layers:
+                b = self.layers[name]
+                W = linear_weight(mods[name]).detach().double()
+                R = (b.U.double() * b.l.double()) @ V.T
+                worst = max(worst, float(torch.linalg.norm(R - W)
+                                         / torch.linalg.norm(W).clamp_min(1e-300)))
+            out[key] = worst
+        return out
+
     def save(self, path) -> None:
         """Write ``path/decomposition.{json,safetensors}`` (directory created if needed)."""
         path = Path(path)
