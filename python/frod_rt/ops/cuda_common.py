@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import _C, cuda_kernels_built, stream_of, view
+from .._core import _C, contiguous, cuda_kernels_built, stream_of, view
 from .validate import check_rotate_args, require_tensor
 
 GEMM_DTYPES = (torch.bfloat16, torch.float16)
@@ -71,6 +71,8 @@ def check_rotate_indices_cuda(z: Tensor, seg_indptr: Tensor, seg_adapter: Tensor
     """
     require_cuda_op("check_rotate_indices_cuda", z, "z")
     check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols)
-    bits = _C.rotate_validate(view(z), view(seg_indptr), view(seg_adapter), view(dl.contiguous()),
-                              view(s.contiguous()), view(rows), view(cols), stream_of(z))
+    z, seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(
+        z, seg_indptr, seg_adapter, dl, s, rows, cols)
+    bits = _C.rotate_validate(view(z), view(seg_indptr), view(seg_adapter), view(dl), view(s),
+                              view(rows), view(cols), stream_of(z))
     raise_for_error_bits(int(bits), "rotate_segments (CUDA)")

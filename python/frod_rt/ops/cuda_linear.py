@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import _C, stream_of, view
+from .._core import _C, contiguous, stream_of, view
 from .cuda_common import opt_view, require_cuda_op, require_gemm_dtype, require_like
 from .validate import check_rotate_args
 
@@ -32,6 +32,7 @@ def fused_weights(weight: Tensor, V: Tensor, U: Tensor) -> tuple[Tensor, Tensor]
 # ---- dense GEMM ------------------------------------------------------------------------------
 @torch.library.custom_op("frod_rt::cutlass_linear", mutates_args=(), device_types="cuda")
 def _cutlass_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    x, weight, bias = contiguous(x, weight, bias)  # named: they must outlive the C++ call
     y = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     _C.gemm(view(x), view(weight), opt_view(bias), view(y), stream_of(x))
     return y
@@ -69,13 +70,15 @@ def require_tensor_2d(op: str, t: Tensor, name: str) -> None:
 @torch.library.custom_op("frod_rt::fused_frod_linear", mutates_args=(), device_types="cuda")
 def _fused_op(x: Tensor, vt: Tensor, wu: Tensor, bias: Tensor | None, seg_indptr: Tensor,
               seg_adapter: Tensor, dl: Tensor, s: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    x, vt, wu, bias, seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(
+        x, vt, wu, bias, seg_indptr, seg_adapter, dl, s, rows, cols)
     T, n = x.shape
     xh = torch.empty((T, 2 * n), dtype=x.dtype, device=x.device)
     xh[:, :n].copy_(x)
     z = torch.empty((T, n), dtype=x.dtype, device=x.device)
     y = torch.empty((T, wu.shape[0]), dtype=x.dtype, device=x.device)
     _C.frod_linear_fused(view(xh), view(vt), view(wu), opt_view(bias), view(seg_indptr),
-                         view(seg_adapter), view(dl.contiguous()), view(s.contiguous()),
+                         view(seg_adapter), view(dl), view(s),
                          view(rows), view(cols), view(z), view(y), None, stream_of(x))
     return y
 
@@ -127,12 +130,14 @@ def fused_frod_linear(x: Tensor, vt: Tensor, wu: Tensor, bias: Tensor | None,
 def _replace_op(x: Tensor, vt: Tensor, U: Tensor, l: Tensor, bias: Tensor | None,
                 seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor, s: Tensor, rows: Tensor,
                 cols: Tensor) -> Tensor:
+    x, vt, U, l, bias, seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(
+        x, vt, U, l, bias, seg_indptr, seg_adapter, dl, s, rows, cols)
     T, n = x.shape
     z = torch.empty((T, n), dtype=x.dtype, device=x.device)
     h = torch.empty((T, n), dtype=x.dtype, device=x.device)
     y = torch.empty((T, U.shape[0]), dtype=x.dtype, device=x.device)
     _C.frod_linear_replace(view(x), view(vt), view(U), view(l), opt_view(bias), view(seg_indptr),
-                           view(seg_adapter), view(dl.contiguous()), view(s.contiguous()),
+                           view(seg_adapter), view(dl), view(s),
                            view(rows), view(cols), view(z), view(h), view(y), None, stream_of(x))
     return y
 

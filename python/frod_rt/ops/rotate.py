@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import _C, stream_of, view
+from .._core import _C, contiguous, stream_of, view
 from .validate import check_rotate_args
 
 
@@ -29,11 +29,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _rotate_forward(z: Tensor, seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor, s: Tensor,
                     rows: Tensor, cols: Tensor) -> Tensor:
     """Runs the compiled forward kernel and returns a new H."""
+    # Contiguous copies are bound to names so they outlive the C++ call (a view() of a
+    # temporary keeps only its pointer).
     z = _rows_contig(z)
+    seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(seg_indptr, seg_adapter, dl, s,
+                                                            rows, cols)
     h = torch.empty(z.shape, dtype=z.dtype, device=z.device)
-    _C.rotate_forward(view(z), view(seg_indptr), view(seg_adapter), view(dl.contiguous()),
-                      view(s.contiguous()), view(rows), view(cols), view(h), _threads(),
-                      stream_of(z))
+    _C.rotate_forward(view(z), view(seg_indptr), view(seg_adapter), view(dl), view(s),
+                      view(rows), view(cols), view(h), _threads(), stream_of(z))
     return h
 
 
@@ -58,12 +61,14 @@ def _rotate_segments_backward_op(z: Tensor, grad_h: Tensor, seg_indptr: Tensor,
     accumulation dtype (float32, or float64 for float64). Unneeded outputs are zeros."""
     z = _rows_contig(z)
     grad_h = _rows_contig(grad_h)
+    seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(seg_indptr, seg_adapter, dl, s,
+                                                            rows, cols)
     acc = _acc_dtype(z.dtype)
     grad_z = (torch.empty if need_z else torch.zeros)(z.shape, dtype=z.dtype, device=z.device)
     grad_dl = torch.zeros(dl.shape, dtype=acc, device=z.device)
     grad_s = torch.zeros(s.shape, dtype=acc, device=z.device)
     _C.rotate_backward(view(z), view(grad_h), view(seg_indptr), view(seg_adapter),
-                       view(dl.contiguous()), view(s.contiguous()), view(rows), view(cols),
+                       view(dl), view(s), view(rows), view(cols),
                        view(grad_z) if need_z else None,
                        view(grad_dl) if need_params else None,
                        view(grad_s) if need_params else None, _threads(), stream_of(z))
