@@ -371,7 +371,7 @@ void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>
     const Tile& t = plan.tiles[i];
     Acc* zt = scratch<Acc>(0, static_cast<size_t>(a.n) * kMaxTileRows);
     Acc* ht = scratch<Acc>(1, static_cast<size_t>(a.n) * kMaxTileRows);
-    const CsrView csr = plan.pattern_of(t.adapter);
+    const CsrView csr = plan.pattern(p, t.plan);
     if (t.adapter == kMixedTile) {
       FROD_DISPATCH_WIDTH(t.width, (forward_mixed_tile<W, In>(a, plan, t, csr, zt, ht)));
     } else {
@@ -448,7 +448,7 @@ void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In
         run_start = i;
         if (want_grads) std::fill(local, local + width, Acc(0));
       }
-      const CsrView csr = plan.pattern_of(t.adapter);
+      const CsrView csr = plan.pattern(p, t.plan);
       Acc* acc_dl = a.d_dl ? local : nullptr;
       Acc* acc_s = a.d_s ? local + n : nullptr;
       FROD_DISPATCH_WIDTH(t.width,
@@ -485,7 +485,7 @@ Args<In> make_args(const RotateProblem& p, const void* z, int64_t ldz, const voi
                    int64_t lddh, const void* dl, const void* s, void* out, int64_t ldout,
                    void* d_dl, void* d_s) {
   using Acc = typename Scalar<In>::acc;
-  return Args<In>{p.n, p.pat.k, static_cast<const In*>(z), ldz, static_cast<const In*>(dh),
+  return Args<In>{p.n, p.kcap, static_cast<const In*>(z), ldz, static_cast<const In*>(dh),
                   lddh, static_cast<const In*>(dl), static_cast<const In*>(s),
                   static_cast<In*>(out), ldout, static_cast<Acc*>(d_dl),
                   static_cast<Acc*>(d_s)};

@@ -68,3 +68,41 @@ def check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> None:
     else:
         require_shape(rows, "rows", (k,))
         require_shape(cols, "cols", (k,))
+
+
+def check_plan_table(z, seg_indptr, seg_adapter, dl, s, table) -> None:
+    """Validate the metadata of a rotate_slots call (``table``: a PlanTable)."""
+    for t, name in ((z, "z"), (seg_indptr, "seg_indptr"), (seg_adapter, "seg_adapter"),
+                    (dl, "dl"), (s, "s")):
+        require_tensor(t, name)
+    if z.dim() != 2:
+        raise ValueError(f"z: expected a 2-D tensor (T, n), got shape {tuple(z.shape)}")
+    require_dtype(z, "z", FLOAT_DTYPES)
+    T, n = z.shape
+    dev = z.device
+    for t, name in ((seg_indptr, "seg_indptr"), (seg_adapter, "seg_adapter")):
+        require_dtype(t, name, (torch.int32,))
+        require_device(t, name, dev)
+    for t, name in ((dl, "dl"), (s, "s")):
+        require_device(t, name, dev)
+        if t.dtype != z.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype} does not match z's dtype {z.dtype}")
+    if seg_adapter.dim() != 1:
+        raise ValueError(f"seg_adapter: expected a 1-D tensor (G,), got shape {tuple(seg_adapter.shape)}")
+    require_shape(seg_indptr, "seg_indptr", (seg_adapter.shape[0] + 1,))
+    if dl.dim() != 2 or dl.shape[1] != n:
+        raise ValueError(f"dl: expected shape (A, {n}) to match z's width, got {tuple(dl.shape)}")
+    A = dl.shape[0]
+    if s.dim() != 2 or s.shape[0] != A:
+        raise ValueError(f"s: expected shape ({A}, k) to match dl's {A} adapters, got {tuple(s.shape)}")
+    if not hasattr(table, "slot_plan"):
+        raise TypeError(f"table: expected a SlotPatterns or PlanTable, got {type(table).__name__}")
+    if table.n != n:
+        raise ValueError(f"table: built for n = {table.n}, z has n = {n}")
+    if table.slot_plan.shape[0] != A:
+        raise ValueError(f"table: has {table.slot_plan.shape[0]} slots, dl/s have {A}")
+    if table.slot_plan.device != dev:
+        raise TypeError(f"table: lives on {table.slot_plan.device}, z on {dev}")
+    if table.max_k() > s.shape[1]:
+        raise ValueError(f"s: has {s.shape[1]} columns but a slot's pattern has "
+                         f"k = {table.max_k()} entries")
