@@ -212,3 +212,23 @@ def test_rotate_segments_follows_in_place_pattern_changes():
     h2 = rotate_segments(z, indptr, seg, dl, s, rows, cols)
     assert torch.equal(h2, rotate_segments(z, indptr, seg, dl, s, r2.clone(), c2.clone()))
     assert not torch.equal(h1, h2)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_without_cuda_kernels_fall_back_with_one_warning(monkeypatch):
+    """A build without CUDA kernels runs the reference on CUDA tensors (one warning)."""
+    from frod_rt.ops import cuda_fallback
+    monkeypatch.setattr(cuda_fallback, "cuda_kernels_built", lambda: False)
+    monkeypatch.setattr(cuda_fallback, "_warned", False)
+    z, indptr, seg, dl, s, _ = _slots_problem(torch.float32)
+    g = torch.Generator().manual_seed(5)
+    rows, cols = random_pattern(z.shape[1], 20, g)
+    args = [t.cuda() for t in (z, indptr, seg, dl, s[:, :20], rows, cols)]
+    with pytest.warns(RuntimeWarning, match="without CUDA kernels"):
+        out = rotate_segments(*args)
+    ref = rotate_segments(*[t.cpu() for t in args])
+    assert rel_err(out.cpu(), ref) < TOL[torch.float32]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rotate_segments(*args)  # no second warning

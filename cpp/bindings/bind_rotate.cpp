@@ -40,9 +40,11 @@ void check_optional_vector(const std::optional<TensorView>& t, const char* name,
   check_contiguous(*t, name);
 }
 
+#ifndef FROD_WITH_CUDA
 [[noreturn]] void no_cuda() {
   throw TypeError("z: frod_rt was built without CUDA support; pass CPU tensors");
 }
+#endif
 
 bool build_pattern_plan_py(const TensorView& rows, const TensorView& cols, int64_t n,
                            int64_t adapter, const TensorView& ptr, const TensorView& idx) {

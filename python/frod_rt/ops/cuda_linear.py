@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from .._core import _C, contiguous, stream_of, view
+from .cuda_fallback import error_word
+from .plans import table_for_pattern
 from .cuda_common import opt_view, require_cuda_op, require_gemm_dtype, require_like
 from .validate import check_rotate_args
 
@@ -70,8 +72,9 @@ def require_tensor_2d(op: str, t: Tensor, name: str) -> None:
 @torch.library.custom_op("frod_rt::fused_frod_linear", mutates_args=(), device_types="cuda")
 def _fused_op(x: Tensor, vt: Tensor, wu: Tensor, bias: Tensor | None, seg_indptr: Tensor,
               seg_adapter: Tensor, dl: Tensor, s: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    x, vt, wu, bias, seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(
-        x, vt, wu, bias, seg_indptr, seg_adapter, dl, s, rows, cols)
+    x, vt, wu, bias, seg_indptr, seg_adapter, dl, s = contiguous(
+        x, vt, wu, bias, seg_indptr, seg_adapter, dl, s)
+    table = table_for_pattern(rows, cols, x.shape[1], dl.shape[0])
     T, n = x.shape
     xh = torch.empty((T, 2 * n), dtype=x.dtype, device=x.device)
     xh[:, :n].copy_(x)
@@ -79,7 +82,8 @@ def _fused_op(x: Tensor, vt: Tensor, wu: Tensor, bias: Tensor | None, seg_indptr
     y = torch.empty((T, wu.shape[0]), dtype=x.dtype, device=x.device)
     _C.frod_linear_fused(view(xh), view(vt), view(wu), opt_view(bias), view(seg_indptr),
                          view(seg_adapter), view(dl), view(s),
-                         view(rows), view(cols), view(z), view(y), None, stream_of(x))
+                         *[view(t) for t in table.tensors()], view(z), view(y),
+                         opt_view(error_word(x)), stream_of(x))
     return y
 
 
@@ -130,15 +134,17 @@ def fused_frod_linear(x: Tensor, vt: Tensor, wu: Tensor, bias: Tensor | None,
 def _replace_op(x: Tensor, vt: Tensor, U: Tensor, l: Tensor, bias: Tensor | None,
                 seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor, s: Tensor, rows: Tensor,
                 cols: Tensor) -> Tensor:
-    x, vt, U, l, bias, seg_indptr, seg_adapter, dl, s, rows, cols = contiguous(
-        x, vt, U, l, bias, seg_indptr, seg_adapter, dl, s, rows, cols)
+    x, vt, U, l, bias, seg_indptr, seg_adapter, dl, s = contiguous(
+        x, vt, U, l, bias, seg_indptr, seg_adapter, dl, s)
+    table = table_for_pattern(rows, cols, x.shape[1], dl.shape[0])
     T, n = x.shape
     z = torch.empty((T, n), dtype=x.dtype, device=x.device)
     h = torch.empty((T, n), dtype=x.dtype, device=x.device)
     y = torch.empty((T, U.shape[0]), dtype=x.dtype, device=x.device)
     _C.frod_linear_replace(view(x), view(vt), view(U), view(l), opt_view(bias), view(seg_indptr),
                            view(seg_adapter), view(dl), view(s),
-                           view(rows), view(cols), view(z), view(h), view(y), None, stream_of(x))
+                           *[view(t) for t in table.tensors()], view(z), view(h), view(y),
+                           opt_view(error_word(x)), stream_of(x))
     return y
 
 
