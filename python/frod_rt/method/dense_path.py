@@ -67,6 +67,12 @@ class DenseFrodLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
+        # autocast never applies inside: every operand already has its forward dtype
+        with torch.autocast(gy.device.type, enabled=False):
+            return DenseFrodLinear._backward(ctx, gy.to(ctx.saved_tensors[1].dtype))
+
+    @staticmethod
+    def _backward(ctx, gy):
         x, Wp, U, V, rows, cols = ctx.saved_tensors
         need_x, need_W, need_b, _, _, need_dl, need_s = ctx.needs_input_grad[:7]
         gx = gW = gb = gdl = gs = None

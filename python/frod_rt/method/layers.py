@@ -25,6 +25,15 @@ from .dense_path import delta_weight, dense_frod_linear, prefer_dense
 from .state import FrodState
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a linear layer on ``x`` in, or None when autocast is off
+    for x's device (or x is float64, which autocast leaves alone)."""
+    dev = x.device.type
+    if x.dtype == torch.float64 or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
 class FrodLinear(nn.Module):
     """See the module docstring. Built by FrodModel; not meant to be created directly."""
 
@@ -204,6 +213,15 @@ class FrodLinear(nn.Module):
                              "unmerge_adapter() before running other adapters or base rows")
         if not used:
             return F.linear(x, W, b)
+        dt = autocast_dtype(x)
+        if dt is not None:  # run the adapted math in autocast's dtype, with autocast off
+            with torch.autocast(x.device.type, enabled=False):
+                return self._adapted(x.to(dt), W, b, segments, used)
+        return self._adapted(x, W, b, segments, used)
+
+    def _adapted(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, segments,
+                 used: list[str]) -> torch.Tensor:
+        """The adapted forward in x's dtype (base weight, factors and adapter values cast)."""
         dt = x.dtype
         W = W.to(dt)
         b = b.to(dt) if b is not None else None
