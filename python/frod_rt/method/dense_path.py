@@ -63,13 +63,14 @@ class DenseFrodLinear(torch.autograd.Function):
         Wp = W + delta_weight(U, V, dl, s, rows, cols, dtype=W.dtype)
         ctx.save_for_backward(x, Wp, U, V, rows, cols)
         ctx.has_bias = b is not None
+        ctx.out_dtype = Wp.dtype
         return F.linear(x, Wp, b)
 
     @staticmethod
     def backward(ctx, gy):
         # autocast never applies inside: every operand already has its forward dtype
         with torch.autocast(gy.device.type, enabled=False):
-            return DenseFrodLinear._backward(ctx, gy.to(ctx.saved_tensors[1].dtype))
+            return DenseFrodLinear._backward(ctx, gy.to(ctx.out_dtype))
 
     @staticmethod
     def _backward(ctx, gy):

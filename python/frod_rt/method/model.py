@@ -15,6 +15,7 @@ from torch import nn
 from .adapter_io import AdapterFile, read_adapter, write_adapter
 from .basis import Category, Decomposition, LayerBasis
 from .categories import is_supported, name_matches
+from .checkpointing import wrap_checkpoint_functions
 from .config import BASE, FrodConfig, check_adapter_name, pattern_seed_string
 from .decompose import decompose
 from .layers import FrodLinear
@@ -175,6 +176,7 @@ class FrodModel(nn.Module):
         ``generate``)."""
         prev = self.state.routing
         self.state.routing = self._routing(adapter_names)
+        wrap_checkpoint_functions(self.model, self.state)
         try:
             yield self
         finally:
@@ -192,6 +194,7 @@ class FrodModel(nn.Module):
 
     def forward(self, *args, adapter_names=None, **kwargs):
         """``self.model(*args, **kwargs)``; ``adapter_names`` routes batch rows to adapters."""
+        wrap_checkpoint_functions(self.model, self.state)
         if adapter_names is None:
             return self.model(*args, **kwargs)
         with self.adapter_routing(adapter_names):
