@@ -69,6 +69,32 @@ class AdaptedLinear:
         return y
 
 
+def row_slots_of(ab: AdapterBatch | None, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Slot of each row of the flat batch (-1: base), or of ``rows`` of it; None without an
+    adapter batch."""
+    if ab is None or not ab.any_adapted:
+        return None
+    slots = torch.empty(ab.num_rows, dtype=torch.long)
+    for s, e, a in ab.runs:
+        slots[s:e] = a
+    return slots if rows is None else slots[rows.cpu()]
+
+
+def apply_heads(y: torch.Tensor, x: torch.Tensor, slots: torch.Tensor | None, pool,
+                name: str) -> torch.Tensor:
+    """Replace the rows of ``y = head(x)`` whose adapter slot carries its own trained copy of
+    the head module ``name`` (``modules_to_save``) by ``x W_a^T + b_a``. ``slots`` (rows,)."""
+    if slots is None:
+        return y
+    for a in sorted({int(t) for t in slots.unique().tolist() if t >= 0}):
+        head = pool.head(a, name)
+        if head is None:
+            continue
+        idx = (slots == a).nonzero().flatten().to(x.device)
+        y[idx] = F.linear(x[idx], head["weight"], head.get("bias")).to(y.dtype)
+    return y
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, attn: AttnBatch,
               scale: float) -> torch.Tensor:
     """Multi-head attention of the flat batch.
