@@ -290,3 +290,45 @@ def test_floor_k_matches_peft_parameter_count(tmp_path, monkeypatch):
         counts[rounding] = sum(p.numel() for p in fm.parameters() if p.requires_grad)
     assert counts["floor"] == n_peft
     assert counts["round"] > n_peft
+
+
+def test_out_lt_in_category_exports_when_trained_on_peft_basis(ids, tmp_path, monkeypatch):
+    """The documented answer for out < in categories (Llama down_proj, 32x88, two layers: the
+    SVD branch, whose zero-l directions PEFT chooses differently): a native adapter is refused
+    (or inexact), while an adapter trained on PEFT's basis -- start from PEFT's untrained
+    adapter imported with basis="file" -- exports exactly."""
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _llama()
+    targets = ["down_proj"]
+
+    def perturb(fm, name):
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for m in fm.frod_layers().values():
+                if name in m.frod_dl:
+                    m.frod_dl[name].normal_(0, 0.05, generator=g)
+                    m.frod_s[name].normal_(0, 0.05, generator=g)
+
+    native = get_frod_model(copy.deepcopy(base), FrodConfig(targets, sparse_rate=0.05,
+                                                            k_rounding="floor", progress=False))
+    perturb(native, "default")
+    with pytest.raises(AdapterError):
+        export_peft(native.adapter_file("default"), base, tmp_path / "native",
+                    native.decomposition)
+    # the answer: PEFT's basis (an untrained PEFT adapter imported with basis="file")
+    pm0 = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=targets,
+                                                             sparse_rate=0.05, progressbar=False))
+    pm0.save_pretrained(tmp_path / "peft0")
+    res = import_peft(tmp_path / "peft0", base, basis="file")
+    fm = get_frod_model(copy.deepcopy(base), FrodConfig(targets, progress=False),
+                        adapter_name="zero", decomposition=res.decomposition)
+    fm.add_adapter_from_file(res.adapter, "task")
+    perturb(fm, "task")                                  # stands in for training "task"
+    fm.set_adapter("task")
+    fm.eval()
+    err = export_peft(fm.adapter_file("task"), base, tmp_path / "exp", res.decomposition)
+    pm = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "exp").eval()
+    ours, theirs = _hidden(fm, ids), _hidden(pm, ids)
+    assert float((ours - _hidden(base, ids)).abs().max()) > 1e-2
+    assert err < 1e-5
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=2e-5)
