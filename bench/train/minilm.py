@@ -12,28 +12,23 @@ decomposition is cached in the default cache (``$FROD_RT_CACHE`` or ~/.cache/fro
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense",
-           "output.dense"]
+def _example():
+    """examples/finetune_minilm.py as a module (its Classifier: mean pooling + linear head)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[2] / "examples" / "finetune_minilm.py"
+    spec = importlib.util.spec_from_file_location("finetune_minilm_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-class _Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, n_classes: int):
-        super().__init__()
-        self.encoder = encoder
-        g = torch.Generator().manual_seed(0)
-        self.head = nn.Linear(encoder.config.hidden_size, n_classes)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) * 0.02)
-            self.head.bias.zero_()
-
-    def forward(self, ids, mask):
-        h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return self.head((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+def _Classifier(encoder: nn.Module, n_classes: int) -> nn.Module:
+    return _example().Classifier(encoder, n_classes, seed=0)
 
 
 def available() -> str | None:
@@ -54,7 +49,8 @@ def _encoder():
 
 def _frod(rate: float):
     from frod_rt import FrodConfig, get_frod_model
-    fm = get_frod_model(_encoder(), FrodConfig(TARGETS, sparse_rate=rate, progress=False))
+    fm = get_frod_model(_encoder(), FrodConfig(_example().TARGETS, sparse_rate=rate,
+                                               progress=False))
     model = _Classifier(fm, 6)
     groups = fm.optimizer_param_groups(lr_s=1e-4, lr_dl=1e-3)
     groups.append({"params": list(model.head.parameters()), "lr": 2e-3})
@@ -68,7 +64,7 @@ def _lora(r: int):
     for p in enc.parameters():
         p.requires_grad_(False)
     pm = get_peft_model(enc, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
-                                        target_modules=TARGETS))
+                                        target_modules=_example().TARGETS))
     model = _Classifier(pm, 6)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": params, "lr": 1e-3},
