@@ -272,6 +272,11 @@ def test_import_carries_modules_to_save_head(source, ids, tmp_path, monkeypatch)
     fm2.set_adapter("imp")
     with torch.no_grad():
         torch.testing.assert_close(fm2(input_ids=ids).logits, ref, rtol=1e-4, atol=2e-5)
+    # and back to PEFT: export writes the head in PEFT's form, PEFT loads it
+    export_peft(fm2.adapter_file("imp"), base, tmp_path / "back", res.decomposition)
+    pm2 = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pm2(input_ids=ids).logits, ref, rtol=1e-4, atol=2e-5)
 
 
 def test_floor_k_matches_peft_parameter_count(tmp_path, monkeypatch):

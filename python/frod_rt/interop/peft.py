@@ -472,11 +472,15 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
         tensors[f"{_PROJ[0]}{pcat}"] = V_p.contiguous()
         tensors[f"{_PROJ[1]}{pcat}"] = idx.contiguous()
         tensors[f"{_PROJ[2]}{pcat}"] = torch.tensor([n, n], dtype=torch.long)
+    for mname, sd in adapter.modules.items():       # modules_to_save heads, PEFT's key form
+        for k, t in sd.items():
+            tensors[f"{_PREFIX}{mname}.{k}"] = t.detach().contiguous()
     rate = _common_rate(ks)
     from peft import FrodConfig  # export targets PEFT, so PEFT writes its own config
     pcfg = FrodConfig(target_modules=names, sparse_rate=rate,
                       regularization_alpha=decomposition.alpha, projection_prng_key=0,
-                      save_projection=True, fan_in_fan_out=conv.pop(), progressbar=False)
+                      save_projection=True, fan_in_fan_out=conv.pop(), progressbar=False,
+                      modules_to_save=sorted(adapter.modules) or None)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     pcfg.save_pretrained(str(path))
