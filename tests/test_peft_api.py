@@ -152,7 +152,8 @@ def test_forward_signature_is_the_base_models():
     assert {"input_ids", "attention_mask", "labels", "adapter_names"} <= set(params)
 
 
-def test_hf_trainer_default_arguments(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"bf16": True, "gradient_checkpointing": True}])
+def test_hf_trainer_default_arguments(tmp_path, extra):
     from transformers import Trainer, TrainingArguments
     fm = get_frod_model(tiny_llama(), FrodConfig(LLAMA_TARGETS, sparse_rate=0.1,
                                                  progress=False))
@@ -162,7 +163,7 @@ def test_hf_trainer_default_arguments(tmp_path):
     ds = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids]
     before = {n: p.detach().clone() for n, p in fm.named_parameters() if p.requires_grad}
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2,
-                             per_device_train_batch_size=4, report_to=[], use_cpu=True)
+                             per_device_train_batch_size=4, report_to=[], use_cpu=True, **extra)
     Trainer(model=fm, args=args, train_dataset=ds).train()
     changed = [n for n, p in fm.named_parameters() if p.requires_grad
                and not torch.equal(p.detach(), before[n])]
