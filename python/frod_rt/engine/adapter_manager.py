@@ -147,8 +147,7 @@ class AdapterManager:
         self.host_evictions_total = 0
         self.loads_total = 0             # host -> device copies
         self.disk_reads_total = 0
-        self.served_heads: tuple[str, ...] = ()    # modules_to_save heads the model serves
-        self.slot_heads: list[dict | None] = [None] * self.A
+        self.heads: dict = {}      # name -> models.layers.AdapterHead (set by the engine)
 
     # ---- registry --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -187,21 +186,16 @@ class AdapterManager:
         """An adapter's ``modules_to_save`` must be heads this model serves, same shapes."""
         from ..method.adapter_io import AdapterError
         for mname, sd in f.modules.items():
-            if mname not in self.served_heads:
+            if mname not in self.heads:
                 raise AdapterError(f"adapter {f.name!r}: carries module {mname!r}; this engine "
-                                   f"serves trained heads {list(self.served_heads)} only")
-            own = {k: tuple(t.shape) for k, t in
-                   self.model.get_submodule(mname).state_dict().items()}
+                                   f"serves trained heads {sorted(self.heads)} only")
+            own = self.heads[mname].expected()
             got = {k: tuple(t.shape) for k, t in sd.items()}
             if own != got:
                 raise AdapterError(f"adapter {f.name!r}: head {mname!r} has tensors {got}, the "
                                    f"model's are {own}")
 
-    def head(self, slot: int, name: str) -> dict | None:
-        """The trained copy ({"weight", "bias"} on the device) of head ``name`` that the
-        adapter in ``slot`` carries, or None."""
-        heads = self.slot_heads[slot]
-        return heads.get(name) if heads else None
+
 
     def add(self, name: str, path) -> None:
         """Register adapter ``name`` from directory ``path`` (read + validated now)."""
@@ -364,7 +358,8 @@ class AdapterManager:
         self.device_lru.pop(a, None)
         e.slot = -1
         self.slot_entry[a] = None
-        self.slot_heads[a] = None
+        for head in self.heads.values():
+            head.reset_slot(a)
 
     def _layer_tables(self, name: str) -> LayerTables:
         lt = self.tables.get(name)
@@ -407,8 +402,11 @@ class AdapterManager:
             lt.target_slots.add(a)
             if e.name in self.hot:
                 lt.merged[a] = self._merge(lt, a, k)
-        self.slot_heads[a] = {m: {k: t.to(self.device, self.dtype) for k, t in sd.items()}
-                              for m, sd in f.modules.items()} or None
+        for hname, head in self.heads.items():       # modules_to_save copies
+            if hname in f.modules:
+                head.set_slot(a, f.modules[hname])
+            else:
+                head.reset_slot(a)
         self.loads_total += 1
 
     def _merge(self, lt: LayerTables, a: int, k: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
-from .layers import AdaptedLinear, apply_heads, attention, row_slots_of
+from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
 
 
 class BertEncoder:
@@ -41,7 +41,8 @@ class BertEncoder:
         cls = getattr(hf, "classifier", None)
         self.classifier = lin(cls) if isinstance(cls, torch.nn.Linear) else None
         # modules_to_save heads an adapter may carry (its own copy replaces the base's)
-        self.heads = ("classifier",) if self.classifier is not None else ()
+        self.heads = {"classifier": AdapterHead("classifier", cls)} \
+            if self.classifier is not None else {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,6 +74,5 @@ class BertEncoder:
                              "(e.g. BertForSequenceClassification); this one has none")
         pooled = torch.tanh(self.pooler(hidden[cls_rows], ab_cls))
         logits = self.classifier(pooled, ab_cls)
-        if ab_cls is not None:
-            logits = apply_heads(logits, pooled, row_slots_of(ab_cls), ab_cls.pool, "classifier")
+        logits = self.heads["classifier"].apply(logits, pooled, row_slots_of(ab_cls))
         return logits.float()
