@@ -208,8 +208,7 @@ class Engine:
         finish with it, queued ones that have not started end with "adapter ... was removed"
         (``finish_reason`` "abort"); a later ``add_adapter`` of the same name is a new
         instance that never serves earlier requests."""
-        with self._model_lock:            # slot tables change only between forward passes
-            self.pool.remove(name)
+        self.pool.remove(name)
 
     def adapters(self) -> list[str]:
         return self.pool.names()

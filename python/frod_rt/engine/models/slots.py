@@ -15,6 +15,10 @@ reads only these tables, never the manager.
 * ``PatternStore``: device copies of patterns keyed by content (``LayerPattern.key``),
   reference-counted by the slots that use them and dropped when none does, so the number of
   entries is bounded by the patterns in use.
+
+Threads: the manager calls ``set_slot`` / ``reset_slot`` under its lock (so writes never
+overlap), and never on a slot that a running request has pinned; a forward pass reads only
+the slots of its own batch, so it needs no lock.
 """
 from __future__ import annotations
 
