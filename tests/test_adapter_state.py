@@ -204,3 +204,28 @@ def test_reloading_imported_adapters_300_times(tmp_path):
         sizes.add(len(eng.pool.patterns))
         eng.remove_adapter("imp")
     assert len(sizes) == 1 and len(eng.pool.patterns) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dense_delta_accumulates_duplicate_positions(dtype, gen):
+    """``delta_weight`` / ``adapted_weight`` sum repeated (row, col) entries (the kernel's
+    CSR does; toy.merged_weights used a non-accumulating ``+=``), against a float64 loop."""
+    from frod_rt.method.delta import adapted_weight, delta_weight
+    out, n = 7, 5
+    U = torch.randn(out, n, generator=gen, dtype=dtype)
+    V = torch.randn(n, n, generator=gen, dtype=dtype)
+    l = torch.rand(n, generator=gen, dtype=dtype) + 0.5
+    dl = torch.randn(n, generator=gen, dtype=dtype)
+    rows = torch.tensor([0, 3, 0, 4, 0], dtype=torch.int32)
+    cols = torch.tensor([2, 1, 2, 0, 2], dtype=torch.int32)
+    s = torch.randn(5, generator=gen, dtype=dtype)
+    M = torch.diag(dl.double())
+    for r, c, v in zip(rows.tolist(), cols.tolist(), s.double().tolist()):
+        M[r, c] += v
+    want = U.double() @ M @ V.double().T
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(delta_weight(U, V, dl, s, rows, cols, dtype=torch.float64), want,
+                               rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        adapted_weight(U, l, V, dl, s, rows, cols, dtype=torch.float64),
+        want + U.double() @ torch.diag(l.double()) @ V.double().T, rtol=tol, atol=tol)
