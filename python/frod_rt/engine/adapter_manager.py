@@ -40,11 +40,12 @@ _instance_ids = itertools.count(1)
 class AdapterInstance:
     """One registered version of an adapter (a new one at each ``add``)."""
 
-    def __init__(self, name: str, path: Path, file):
+    def __init__(self, name: str, path: Path, file, patterns: dict):
         self.id = next(_instance_ids)
         self.name = name
         self.path = path
         self.file = file               # AdapterFile while in the host tier, else None
+        self.patterns = patterns       # layer -> LayerPattern, with ``file``
         self.layers = sorted(file.layers)
         self.slot = -1
         self.pins = 0                  # running requests (and encoder calls) using the slot
@@ -152,6 +153,8 @@ class AdapterManager:
                          cache_dir=self.cache_dir, progress=self.progress)
 
     def _read(self, name: str, path: Path):
+        """Read and validate ``path``; returns (file, decomposition, layer -> LayerPattern)
+        (patterns resolved here, off the scheduling path: imported ones are hashed)."""
         from ..method.adapter_io import AdapterError, check_against, read_adapter
         f = read_adapter(path, name=name)
         d = self._decomposition_for(f)     # outside the lock: may decompose (slow, cached)
@@ -160,7 +163,9 @@ class AdapterManager:
         if missing:
             raise AdapterError(f"adapts {missing[0]!r}, which the engine's forward does not "
                                "route through FRoD (adaptable: attention/MLP projections)")
-        return f, d
+        patterns = {n: delta_pattern(delta, d, d.layers[n].category, f.config.seed)
+                    for n, delta in f.layers.items()}
+        return f, d, patterns
 
     def add(self, name: str, path) -> None:
         """Register adapter ``name`` from directory ``path`` (read + validated now)."""
@@ -175,18 +180,18 @@ class AdapterManager:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
         with self._add_lock:
             try:
-                f, d = self._read(name, p)
+                f, d, patterns = self._read(name, p)
             except AdapterError as e:
                 raise type(e)(f"adapter {name!r} ({p}) refused: {e}") from e
-            self._register(name, p, f, d)
+            self._register(name, p, f, d, patterns)
 
-    def _register(self, name: str, p: Path, f, d) -> None:
+    def _register(self, name: str, p: Path, f, d, patterns: dict) -> None:
         with self.lock:
             if name in self.entries:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
             if d is not self.decomposition:
                 self._adopt(d)
-            e = AdapterInstance(name, p, f)
+            e = AdapterInstance(name, p, f, patterns)
             self.entries[name] = e
             self._host_insert(e)
 
@@ -206,7 +211,7 @@ class AdapterManager:
     def _drop_if_unused(self, e: AdapterInstance) -> None:
         """Free a removed instance's slot and file once no request uses it."""
         if e.removed and e.requests <= 0 and e.pins <= 0:
-            e.file = None
+            e.file = e.patterns = None
             if e.slot >= 0:
                 self._free_slot(e.slot)
 
@@ -229,7 +234,7 @@ class AdapterManager:
         self.host_lru.move_to_end(e)
         while len(self.host_lru) > self.host_capacity:
             victim, _ = self.host_lru.popitem(last=False)
-            victim.file = None
+            victim.file = victim.patterns = None
             self.host_evictions_total += 1
 
     def prefetch(self, e: AdapterInstance | None) -> None:
@@ -244,10 +249,11 @@ class AdapterManager:
 
     def _background_read(self, e: AdapterInstance) -> None:
         try:
-            f, _ = self._read(e.name, e.path)
+            f, _, patterns = self._read(e.name, e.path)
             err = None
         except Exception as exc:       # noqa: BLE001 - reported to the waiting requests
-            f, err = None, f"adapter {e.name!r} could not be re-read from {e.path}: {exc}"
+            f, patterns = None, None
+            err = f"adapter {e.name!r} could not be re-read from {e.path}: {exc}"
         with self.lock:
             e.loading = None
             self.disk_reads_total += 1
@@ -256,7 +262,7 @@ class AdapterManager:
             if err is not None:
                 e.error = err
                 return
-            e.file = f
+            e.file, e.patterns = f, patterns
             self._host_insert(e)
 
     # ---- device tier -------------------------------------------------------------------------
@@ -347,11 +353,9 @@ class AdapterManager:
 
     def _fill(self, a: int, e: AdapterInstance) -> None:
         """Write instance ``e`` into slot ``a`` of every layer it targets."""
-        f, d = e.file, self.decomposition
         for name in e.layers:
-            delta = f.layers[name]
-            pattern = delta_pattern(delta, d, d.layers[name].category, f.config.seed)
-            self._layer(name).set_slot(a, SlotValues(delta.dl, delta.s, pattern,
+            delta = e.file.layers[name]
+            self._layer(name).set_slot(a, SlotValues(delta.dl, delta.s, e.patterns[name],
                                                      merge=e.name in self.hot))
         self.loads_total += 1
 
