@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .delta import compute_dtype, delta_weight  # noqa: F401 (compute_dtype: public here too)
+from .delta import compute_dtype, delta_weight
 
 
 def _pattern_grad(U: Tensor, P: Tensor, rows: Tensor, cols: Tensor, chunk: int) -> Tensor:
