@@ -229,3 +229,58 @@ def test_dense_delta_accumulates_duplicate_positions(dtype, gen):
     torch.testing.assert_close(
         adapted_weight(U, l, V, dl, s, rows, cols, dtype=torch.float64),
         want + U.double() @ torch.diag(l.double()) @ V.double().T, rtol=tol, atol=tol)
+
+
+def test_slot_tables_unit(gen):
+    """SlotTables on their own: per-slot k, overwriting a slot with another length, reset, the
+    rotation arguments against a dense float64 reference, and the pattern store counts."""
+    from frod_rt.engine.models.slots import PatternStore, SlotTables, SlotValues
+    from frod_rt.method.delta import adapted_weight
+    from frod_rt.method.patterns import own_pattern, positions_to_pairs
+    from frod_rt.ops import rotate_segments
+    n, out, A = 9, 6, 4
+    dt = torch.float64
+    V, U = torch.randn(n, n, generator=gen, dtype=dt), torch.randn(out, n, generator=gen, dtype=dt)
+    l = torch.rand(n, generator=gen, dtype=dt) + 0.5
+    store = PatternStore("cpu")
+    st = SlotTables(A, V, U, l, store)
+
+    def pattern(k, seed):
+        pos = torch.randperm(n * (n - 1), generator=torch.Generator().manual_seed(seed))[:k]
+        return own_pattern(*positions_to_pairs(pos.sort().values, n))
+
+    def values(k, seed, p=None):
+        g = torch.Generator().manual_seed(100 + seed)
+        return SlotValues(torch.randn(n, generator=g, dtype=dt), torch.randn(k, generator=g, dtype=dt),
+                          p or pattern(k, seed))
+
+    shared = pattern(7, 1)
+    vals = {0: values(7, 1, shared), 1: values(7, 2, shared), 2: values(20, 3), 3: values(5, 4)}
+    for a, v in vals.items():
+        st.set_slot(a, v)
+    assert len(store) == 3 and sorted(st.s_by_k) == [5, 7, 20]
+    st.set_slot(3, values(11, 5))                  # another length into an occupied slot
+    vals[3] = values(11, 5)
+    assert sorted(st.s_by_k) == [7, 11, 20] and len(store) == 3
+    z = torch.randn(8, n, generator=gen, dtype=dt)
+    for slots in ([0, 1], [0, 2, 3], [1, 3]):
+        per = 8 // len(slots)
+        indptr = torch.tensor([i * per for i in range(len(slots) + 1)], dtype=torch.int32)
+        seg = torch.tensor(slots, dtype=torch.int32)
+        dl, s, rows, cols = st.rotation_args(slots)
+        assert (rows.dim() == 1) == (slots == [0, 1])
+        h = rotate_segments(z[:per * len(slots)], indptr, seg, dl, s, rows, cols)
+        for i, a in enumerate(slots):
+            v = vals[a]
+            Wp = adapted_weight(U, l, V, v.dl, v.s, v.pattern.rows, v.pattern.cols,
+                                compute=dt)
+            zi = z[i * per:(i + 1) * per]
+            # y = H U^T must equal x W'^T for x with Z = x V: compare H U^T against Z V^-1 W'^T
+            want = zi @ torch.linalg.solve(V, Wp.T)
+            torch.testing.assert_close(h[i * per:(i + 1) * per] @ U.T, want, rtol=1e-9, atol=1e-9)
+    st.reset_slot(2)
+    st.reset_slot(3)
+    assert sorted(st.s_by_k) == [7] and len(store) == 1
+    st.reset_slot(0)
+    st.reset_slot(1)
+    assert not st.s_by_k and len(store) == 0 and not st.target_slots

@@ -136,9 +136,13 @@ class SlotTables:
         if tuple(values.dl.shape) != (self.n,) or tuple(values.s.shape) != (k,):
             raise ValueError(f"slot values: expected dl ({self.n},) and s ({k},), got "
                              f"{tuple(values.dl.shape)} and {tuple(values.s.shape)}")
-        self.reset_slot(slot)
+        old = self.patterns.of_slot[slot]
+        p = self.patterns.set(slot, values.pattern)    # a pattern kept by the slot stays put
+        self.merged.pop(slot, None)
+        self._mixed.clear()
+        if old is not None and old.k != k:
+            self._drop_values(slot, old.k)
         dev, dt = self.l.device, self.l.dtype
-        p = self.patterns.set(slot, values.pattern)
         self.ldl[slot] = (self.l.double() + values.dl.to(dev, torch.float64)).to(dt)
         table = self.s_by_k.get(k)
         if table is None:
@@ -161,11 +165,15 @@ class SlotTables:
             return
         self.ldl[slot].zero_()
         self.patterns.clear(slot)
-        table = self.s_by_k[p.k]
-        if any(q is not None and q.k == p.k for q in self.patterns.of_slot):
-            table[slot].zero_()
+        self._drop_values(slot, p.k)
+
+    def _drop_values(self, slot: int, k: int) -> None:
+        """Zero ``slot``'s row of the length-``k`` table, or drop the table when no slot has a
+        pattern of length ``k`` any more."""
+        if any(q is not None and q.k == k for q in self.patterns.of_slot):
+            self.s_by_k[k][slot].zero_()
         else:
-            del self.s_by_k[p.k]
+            del self.s_by_k[k]
 
     def rotation_args(self, slots) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                             torch.Tensor]:
