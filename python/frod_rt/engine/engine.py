@@ -24,6 +24,7 @@ from .block_manager import BlockManager, KVCache
 from .detokenizer import flush_text, update_text
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
 from .model_runner import DECODERS, ENCODERS, ModelRunner, encode, wrap_model
+from .models.layers import adapted_layers
 from .outputs import GenerationResult, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
@@ -96,7 +97,7 @@ class Engine:
                                           type(model).__name__) or "base"
         self.model = wrap_model(model)
         self.is_encoder = type(model).__name__ in ENCODERS
-        self.pool = AdapterManager(model, self.device, self.dtype,
+        self.pool = AdapterManager(model, adapted_layers(self.model), self.device, self.dtype,
                                    device_capacity=int(lim["device_adapter_capacity"]),
                                    host_capacity=int(lim["host_adapter_capacity"]),
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
@@ -202,8 +203,11 @@ class Engine:
         self.pool.add(name, path)
 
     def remove_adapter(self, name: str) -> None:
-        """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Running requests
-        with it finish; queued ones are aborted."""
+        """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Requests bind to
+        the adapter *instance* they were submitted with: running ones (preempted ones too)
+        finish with it, queued ones that have not started end with "adapter ... was removed"
+        (``finish_reason`` "abort"); a later ``add_adapter`` of the same name is a new
+        instance that never serves earlier requests."""
         self.pool.remove(name)
 
     def adapters(self) -> list[str]:
@@ -261,13 +265,14 @@ class Engine:
                 raise EngineOverloadedError(
                     f"engine overloaded: {queued} requests waiting (max_waiting="
                     f"{self.limits['max_waiting']}); retry later")
-            seq = Sequence(str(request_id), prompt, ids, adapter, sp)
+            ref = self.pool.bind(adapter)     # the instance this request computes with
+            seq = Sequence(str(request_id), prompt, ids, adapter, sp, adapter_ref=ref)
             if self.limits["record_logits"]:
                 seq.logits = []
             self._seqs[seq.request_id] = seq
             self._incoming.append(seq)
             self.counters["requests_total"] += 1
-        self.pool.prefetch(adapter)
+        self.pool.prefetch(seq.adapter_ref)
         return seq.request_id
 
     def abort_request(self, request_id: str) -> None:
@@ -289,6 +294,8 @@ class Engine:
     def _finish(self, seq: Sequence, reason: str, outs: list[RequestOutput]) -> None:
         sched = self.scheduler
         sched.remove(seq) if seq.status != Status.RUNNING else sched.finish(seq)
+        ref, seq.adapter_ref = seq.adapter_ref, None
+        self.pool.unbind(ref)
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         seq.finished_at = time.perf_counter()
@@ -328,7 +335,7 @@ class Engine:
             for seq in batch.seqs:
                 if seq.first_scheduled is None:
                     seq.first_scheduled = now
-            sampled, logits = self.runner.run(batch, self.pool)
+            sampled, logits = self.runner.run(batch)
             tokens = self.sampler(logits, sampled) if sampled else []
         self.counters["steps_total"] += 1
         self.counters["batch_tokens_total"] += batch.total_tokens
@@ -466,12 +473,12 @@ class Engine:
             slots = {}
             try:
                 for a in dict.fromkeys(x for x in alist if x is not None):
-                    slots[a] = self._acquire_blocking(a)
+                    slots[a] = self._acquire_blocking(self.pool.bind(a))
                 row_slots = [slots[a] if a is not None else -1 for a in alist]
                 order = sorted(range(len(tlist)), key=lambda i: row_slots[i])
                 rs = [row_slots[i] for i in order]
-                h, starts = encode(self.model, [toks[i] for i in order], rs, self.pool,
-                                   self.device, [types[i] for i in order])
+                h, starts = encode(self.model, [toks[i] for i in order], rs, self.device,
+                                   [types[i] for i in order])
                 with torch.inference_mode():
                     res = head(h, starts, [len(toks[i]) for i in order], rs)
             finally:
@@ -481,20 +488,25 @@ class Engine:
         out[torch.tensor(order)] = res
         return out[0] if single else out
 
-    def _acquire_blocking(self, name: str) -> int:
+    def _acquire_blocking(self, ref) -> int:
+        """Pin instance ``ref`` (bound by the caller; unbound here) on the device."""
         from .scheduler import AdapterUnavailable
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                slot = self.pool.acquire(name)
-            except AdapterUnavailable as e:
-                raise ValueError(str(e)) from None
-            if slot is not None:
-                return slot
-            if all(e is not None and e.pins for e in self.pool.slot_entry):
-                raise RuntimeError("every adapter slot is pinned; raise device_adapter_capacity")
-            self.pool.ensure_host(name, timeout=60)
-        raise RuntimeError(f"adapter {name!r} could not be loaded")
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    slot = self.pool.acquire(ref)
+                except AdapterUnavailable as e:
+                    raise ValueError(str(e)) from None
+                if slot is not None:
+                    return slot
+                if all(e is not None and e.pins for e in self.pool.slot_entry):
+                    raise RuntimeError("every adapter slot is pinned; raise "
+                                       "device_adapter_capacity")
+                self.pool.ensure_host(ref, timeout=60)
+            raise RuntimeError(f"adapter {ref.name!r} could not be loaded")
+        finally:
+            self.pool.unbind(ref)        # the pin (or the failure) now holds the instance
 
     def embed(self, texts, adapter=None, normalize: bool = True) -> torch.Tensor:
         """Sentence embeddings (N, hidden), float32: mean of the last hidden states over each
@@ -512,7 +524,7 @@ class Engine:
         from .models.batch import AdapterBatch
 
         def head(h, starts, lens, row_slots):
-            ab = AdapterBatch(row_slots, self.pool, self.device)
+            ab = AdapterBatch(row_slots, self.device)
             return self.model.classify(h, torch.tensor(starts, device=self.device), ab)
         return self._encode(texts, adapter, head)
 

@@ -41,9 +41,11 @@ class Scheduler:
 
     Args:
         block_manager: the KV block pool.
-        adapter_pool: object with ``acquire(name) -> slot | None`` (None = not ready yet;
-            raises AdapterUnavailable when it never will be) and ``release(slot)``;
-            name None is the base model (slot -1).
+        adapter_pool: object with ``acquire(instance, resume) -> slot | None`` (None = not
+            ready yet; raises AdapterUnavailable when it never will be) and ``release(slot)``;
+            instance None is the base model (slot -1). A sequence's instance is
+            ``seq.adapter_ref``, bound when the request was added; ``resume`` is True for a
+            preempted sequence (it already computed with that instance).
         max_num_seqs: running sequences at most.
         max_batch_tokens: tokens fed per step at most.
         prefill_chunk: prompt chunk size (<= max_batch_tokens - max_num_seqs).
@@ -132,7 +134,7 @@ class Scheduler:
             if n > budget or not self.bm.can_allocate(seq, n):
                 break
             try:
-                slot = self.adapters.acquire(seq.adapter)
+                slot = self.adapters.acquire(seq.adapter_ref, resume=seq.preemptions > 0)
             except AdapterUnavailable as e:
                 self.waiting.remove(seq)
                 self.failed.append((seq, str(e)))
