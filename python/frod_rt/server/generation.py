@@ -109,12 +109,21 @@ async def collect(batch: Batch, request) -> tuple[list[str], list[str], list[int
             ntok[i] += len(out.new_token_ids)
             if out.finished:
                 reasons[i] = out.finish_reason
+                if out.finish_reason == "error":
+                    raise failed_error(out)
     except EngineFailure as e:
         raise APIError(503, str(e), code="engine_failure") from None
     if "abort" in reasons:
         raise APIError(503, "request aborted by the server (its adapter was removed or the "
                        "server is shutting down)", code="aborted")
     return texts, reasons, ntok
+
+
+def failed_error(out) -> APIError:
+    """The error of a request the engine failed alone (non-finite logits, a forward that
+    failed for this request only): 500, its batch mates are not affected."""
+    return APIError(500, f"generation failed: {out.error or 'unknown error'}",
+                    code="generation_failed")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -154,6 +163,9 @@ async def stream_chunks(batch: Batch, request, model: str, chat: bool, include_u
                               "logprobs": None, "finish_reason": None}])
         async for i, out in batch.outputs(request):
             ntok[i] += len(out.new_token_ids)
+            if out.finished and out.finish_reason == "error":
+                yield sse(failed_error(out).body())
+                break
             if out.finished and out.finish_reason == "abort":
                 yield sse(APIError(503, "request aborted by the server (its adapter was "
                                    "removed or the server is shutting down)",
