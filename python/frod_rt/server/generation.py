@@ -2,7 +2,8 @@
 
 ``submit_all`` queues one engine request per prompt (all sharing one output queue);
 ``collect`` waits for them (non-streaming) and ``stream_chunks`` yields server-sent events.
-Both poll the client connection and abort the engine requests when the client goes away.
+Both poll the client connection every ``POLL_S`` seconds (also while tokens flow) and abort
+the engine requests when the client goes away.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def to_api_error(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, UnknownAdapterError):
-        return APIError(404, str(exc), param="model", code="model_not_found")
+        return APIError(404, f"model {exc.name!r} not found (GET /v1/models lists the served "
+                        "models)", param="model", code="model_not_found")
     if isinstance(exc, EngineFailure):
         return APIError(503, str(exc), code="engine_unavailable")
     if isinstance(exc, EngineOverloadedError):
@@ -75,14 +77,18 @@ class Batch:
         ClientGone (after aborting) when the client disconnects, EngineFailure when the
         engine failed."""
         getter = None
+        checked = time.monotonic()
         try:
             while self.pending:
                 if getter is None:
                     getter = asyncio.ensure_future(self.queue.get())
                 done, _ = await asyncio.wait({getter}, timeout=POLL_S)
-                if getter not in done:
+                # check the client every POLL_S, also while outputs keep coming
+                if getter not in done or time.monotonic() - checked >= POLL_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         raise ClientGone()
+                if getter not in done:
                     continue
                 item, getter = getter.result(), None
                 if isinstance(item, EngineFailure):
