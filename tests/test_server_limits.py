@@ -173,3 +173,46 @@ def test_non_streaming_disconnect_aborts_while_tokens_flow(toy):
             assert time.monotonic() < deadline
             time.sleep(0.02)
     eng.close()
+
+
+def test_failed_request_is_500_and_others_are_served(toy, tmp_path):
+    """An adapter holding huge finite values makes its request's logits non-finite: that
+    request gets 500 (an error event when streaming), concurrent ones are answered."""
+    import shutil
+    import torch
+    from safetensors.torch import load_file, save_file
+    huge = tmp_path / "huge"
+    shutil.copytree(toy["adapters"]["a0"], huge)
+    t = load_file(huge / "frod_adapter.safetensors")
+    save_file({k: torch.full_like(v, 3e38) for k, v in t.items()},
+              str(huge / "frod_adapter.safetensors"))
+    eng = engine(toy, adapters={"a1": toy["adapters"]["a1"], "huge": huge})
+    with ServerThread(eng) as s:
+        loop = s.app.state.server.loop
+        loop.pause()                      # queue all three so they share a batch
+        res = {}
+
+        def post(name, body):
+            res[name] = httpx.post(s.url + "/v1/completions", json=body, timeout=60)
+
+        b = {"prompt": "the quick fox", "max_tokens": 5, "temperature": 0.7, "seed": 1}
+        ts = [threading.Thread(target=post, args=(m, dict(b, model=m)))
+              for m in ("huge", "a1", "toybase")]
+        for t in ts:
+            t.start()
+        deadline = time.monotonic() + 30
+        while eng.stats()["queue_depth"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        loop.resume()
+        for t in ts:
+            t.join(60)
+        e = _err(res["huge"], 500)
+        assert e["code"] == "generation_failed" and "non-finite" in e["message"]
+        assert res["a1"].status_code == 200 and res["toybase"].status_code == 200
+        with httpx.stream("POST", s.url + "/v1/completions",
+                          json=dict(b, model="huge", stream=True)) as r:
+            lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+        assert '"generation_failed"' in lines[-2] and lines[-1] == "data: [DONE]"
+        assert loop.step_errors_total == 0
+    eng.close()

@@ -224,3 +224,9 @@ def test_serve_without_server_extra_says_what_to_install(toy, monkeypatch, capsy
     assert rc == 2
     assert "pip install 'frod-rt[serve]'" in err and "fastapi" in err
     assert "Traceback" not in err
+
+
+def test_serve_refuses_a_missing_adapter_root(toy, tmp_path, capsys):
+    rc = main(["serve", "--base", str(toy["base"]), "--allow-adapter-loading",
+               str(tmp_path / "nope")])
+    assert rc == 2 and "--allow-adapter-loading" in capsys.readouterr().err
