@@ -198,3 +198,27 @@ def test_non_linear_layer_in_adapter_json_is_an_adapter_error(toy, tmp_path):
     eng = _engine(toy)
     with pytest.raises(AdapterError, match="input_layernorm"):
         eng.add_adapter("norm", bad)
+
+
+def test_self_consistent_category_naming_a_norm_is_an_adapter_error(toy, tmp_path):
+    """The layer and its category key agree, but the base's module is an RMSNorm."""
+    import shutil
+    bad = tmp_path / "norm2"
+    shutil.copytree(toy["ads"]["a0"], bad)
+    cfg = json.loads((bad / "frod_adapter.json").read_text())
+    key = next(k for k in cfg["categories"] if "q_proj" in k)
+    cat = cfg["categories"].pop(key)
+    old = cat["layers"]
+    new = [n.replace("self_attn.q_proj", "input_layernorm") for n in old]
+    cfg["categories"][key.replace("self_attn.q_proj", "input_layernorm")] = dict(cat, layers=new)
+    (bad / "frod_adapter.json").write_text(json.dumps(cfg))
+    t = load_file(bad / "frod_adapter.safetensors")
+    for o, n in zip(old, new):
+        t = {k.replace(o + ".", n + "."): v for k, v in t.items()}
+    save_file(t, str(bad / "frod_adapter.safetensors"))
+    read_adapter(bad)                     # a consistent file: only the base can tell
+    eng = _engine(toy)
+    with pytest.raises(AdapterError, match="LlamaRMSNorm"):
+        eng.add_adapter("norm2", bad)
+    assert "norm2" not in eng.adapters()
+    assert eng.generate(PROMPTS[0], adapter="a0", max_tokens=3)[0].finish_reason == "length"

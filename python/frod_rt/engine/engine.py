@@ -200,8 +200,12 @@ class Engine:
     def add_adapter(self, name: str, path) -> None:
         """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
         FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
+        from ..method.adapter_io import CONFIG_NAME, check_modules, read_config
         if name == self.base_name:
             raise ValueError(f"adapter name {name!r} is the base model's name")
+        p = Path(path)
+        if (p / CONFIG_NAME).is_file():   # a missing file is reported by the pool below
+            check_modules(read_config(p), self.hf_model, where=f"adapter {name!r} ({p}) refused")
         self.pool.add(name, path)
 
     def remove_adapter(self, name: str) -> None:
