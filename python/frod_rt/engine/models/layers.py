@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...ops import rotate_segments
+from ...ops import rotate_slots
 from .batch import AdapterBatch, AttnBatch
 from .slots import PatternStore, SlotTables, SlotValues
 
@@ -26,7 +26,7 @@ class AdaptedLinear:
     ``x W^T + b``. Row ``t`` of an adapter ``a`` that targets the layer computes the 'replace'
     form of ``x W'_a^T + b``, ``W'_a = U (diag(l + dl_a) + S_a) V^T``::
 
-        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_segments) ;  y = H U^T + b
+        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_slots) ;  y = H U^T + b
 
     The GEMMs ``X V`` and ``H U^T`` are shared by all adapted rows of the batch, and the row
     split depends only on each row's own adapter (batch invariance). Adapters marked hot
@@ -76,9 +76,9 @@ class AdaptedLinear:
             return F.linear(x, self.weight, self.bias)
         yr = None
         if plan.num_r:
-            dl, s, rows, cols = st.rotation_args(plan.slots)
+            dl, s, patterns = st.rotation_args()
             z = x[plan.r_rows] @ st.V
-            h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, dl, s, rows, cols)
+            h = rotate_slots(z, plan.seg_indptr, plan.seg_slot, dl, s, patterns)
             yr = F.linear(h, st.U, self.bias)
             if plan.num_w == 0 and not plan.hot_runs:
                 return yr
