@@ -12,7 +12,8 @@ from .cuda_linear import cutlass_linear, fused_frod_linear, fused_weights, repla
 from .linear import frod_linear
 from .reference import frod_linear_reference, rotate_segments_reference, rotate_slots_reference
 from .rotate import rotate_segments, rotate_slots
-from .plans import PatternPlan, PlanTable, SlotPatterns, register_pattern
+from .plans import (PatternPlan, PlanTable, SlotPatterns, plan_of, register_pattern,
+                    table_of_plans)
 from .cuda_fallback import check_cuda_errors
 from .segments import segments_from_ids
 
@@ -30,9 +31,11 @@ __all__ = [
     "frod_linear",
     "frod_linear_reference",
     "rotate_segments",
+    "plan_of",
     "register_pattern",
     "rotate_segments_reference",
     "rotate_slots",
     "rotate_slots_reference",
     "segments_from_ids",
+    "table_of_plans",
 ]

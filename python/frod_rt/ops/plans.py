@@ -255,31 +255,62 @@ def _version(t: Tensor):
         return None
 
 
+def _remembered(key: tuple, tensors: tuple[Tensor, ...], make):
+    """``make()``, remembered under ``key`` while ``tensors`` are alive and unmodified (same
+    objects, same version counters), so repeated calls with the same tensors skip hashing."""
+    ver = tuple(_version(t) for t in tensors)
+    hit = _tables.get(key)
+    if hit is not None:
+        refs, v, value = hit
+        if all(r() is t for r, t in zip(refs, tensors)) and v == ver and None not in ver:
+            _tables.move_to_end(key)
+            return value
+    value = make()
+    if None not in ver:
+        _tables[key] = (tuple(weakref.ref(t) for t in tensors), ver, value)
+        while len(_tables) > _TABLE_CACHE_SIZE:
+            _tables.popitem(last=False)
+    return value
+
+
+def _device_of(t: Tensor) -> torch.device:
+    d = t.device
+    return torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
+
+
+def plan_of(rows: Tensor, cols: Tensor, n: int) -> PatternPlan:
+    """:func:`register_pattern` for (k,) tensors on the kernels' device, remembered per tensor
+    (no hashing while the same unmodified tensors come back)."""
+    return _remembered(("plan", id(rows), id(cols), n), (rows, cols),
+                       lambda: register_pattern(rows, cols, n, _device_of(rows)))
+
+
+def table_of_plans(plans: list[PatternPlan | None], n: int, device) -> PlanTable:
+    """A PlanTable with slot a -> ``plans[a]``, remembered for the same plan objects."""
+    key = ("plans", n, str(device), tuple(id(p) for p in plans))
+    hit = _tables.get(key)
+    if hit is not None:
+        _tables.move_to_end(key)
+        return hit[2]
+    table = PlanTable(n, torch.device(device), list(plans))   # holds the plans: ids stay valid
+    _tables[key] = ((), (), table)
+    while len(_tables) > _TABLE_CACHE_SIZE:
+        _tables.popitem(last=False)
+    return table
+
+
 def table_for_pattern(rows: Tensor, cols: Tensor, n: int, num_slots: int) -> PlanTable:
     """The plan table of a rotate_segments pattern: (k,) shared by all ``num_slots`` slots,
     or (A, k) one per slot. Plans come from :func:`register_pattern` (content-keyed); the
     table is remembered for these very tensors while they are alive and unmodified, so a
     repeated call does not even hash them."""
-    key = (id(rows), id(cols), n, num_slots, rows.device)
-    ver = (_version(rows), _version(cols))
-    hit = _tables.get(key)
-    if hit is not None:
-        wr, wc, v, table = hit
-        if wr() is rows and wc() is cols and v == ver and None not in ver:
-            _tables.move_to_end(key)
-            return table
-    device = rows.device
-    if rows.dim() == 1:
-        plan = register_pattern(rows, cols, n, device)
-        slot_plans = [plan] * num_slots
-    else:
-        rc, cc = rows.to("cpu"), cols.to("cpu")
-        slot_plans = [register_pattern(rc[a], cc[a], n, device, adapter=a)
-                      for a in range(num_slots)]
-    table = PlanTable(n, device if device.type != "cuda" or device.index is not None
-                      else torch.device("cuda", torch.cuda.current_device()), slot_plans)
-    if None not in ver:
-        _tables[key] = (weakref.ref(rows), weakref.ref(cols), ver, table)
-        while len(_tables) > _TABLE_CACHE_SIZE:
-            _tables.popitem(last=False)
-    return table
+    def make():
+        device = _device_of(rows)
+        if rows.dim() == 1:
+            slot_plans = [register_pattern(rows, cols, n, device)] * num_slots
+        else:
+            rc, cc = rows.to("cpu"), cols.to("cpu")
+            slot_plans = [register_pattern(rc[a], cc[a], n, device, adapter=a)
+                          for a in range(num_slots)]
+        return PlanTable(n, device, slot_plans)
+    return _remembered(("pattern", id(rows), id(cols), n, num_slots), (rows, cols), make)
