@@ -19,7 +19,7 @@ Contenders:
 Writes ``<out>/decode_rotation-cpu-<stamp>.json`` (bench/results.py schema) and prints one
 line per scenario. Usage::
 
-    PYTHONPATH=python python -m bench.layer.decode_rotation [--threads 1] [--repeats 15]
+    PYTHONPATH=python python -m bench.layer.decode_rotation [--threads 1] [--rounds 3] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -84,11 +84,13 @@ def problem(scenario: str, seed: int = 0) -> dict:
                 slots=slots)
 
 
-def _time(fn, repeats: int) -> dict:
-    from bench.timing import auto_inner, measure
-    inner = auto_inner(fn, target_s=0.05, cap=2000)
-    st = measure(fn, warmup=3, repeats=repeats, inner=inner)
-    st["inner"] = inner
+def _time(fns: dict, repeats: int) -> dict:
+    """{name: summarize(...) + inner}, the callables sampled round-robin."""
+    from bench.timing import auto_inner, measure_interleaved
+    inners = {k: auto_inner(f, target_s=0.05, cap=2000) for k, f in fns.items()}
+    st = measure_interleaved(fns, inners, warmup=3, repeats=repeats)
+    for k in st:
+        st[k]["inner"] = inners[k]
     return st
 
 
@@ -100,7 +102,7 @@ def run_old_api(repeats: int) -> dict:
         p = problem(sc)
         args = (p["z"], p["seg_indptr"], p["seg_adapter"], p["dl"], p["s"], p["rows"], p["cols"])
         h = rotate_segments(*args)
-        out[sc] = {"stats": _time(lambda: rotate_segments(*args), repeats),
+        out[sc] = {"stats": _time({"old": lambda: rotate_segments(*args)}, repeats)["old"],
                    "checksum": float(h.double().abs().sum())}
     return out
 
@@ -121,11 +123,12 @@ def run_new_api(repeats: int) -> dict:
                                        for t in sargs[:5]), table)
         err = float((h_slots.double() - ref).abs().max() / ref.abs().max())
         h_seg = rotate_segments(*args)
+        st = _time({"rotate_segments": lambda: rotate_segments(*args),
+                    "rotate_slots": lambda: rotate_slots(*sargs)}, repeats)
         out[sc] = {
-            "rotate_segments": {"stats": _time(lambda: rotate_segments(*args), repeats),
+            "rotate_segments": {"stats": st["rotate_segments"],
                                 "checksum": float(h_seg.double().abs().sum())},
-            "rotate_slots": {"stats": _time(lambda: rotate_slots(*sargs), repeats),
-                             "rel_err_vs_reference": err,
+            "rotate_slots": {"stats": st["rotate_slots"], "rel_err_vs_reference": err,
                              "checksum": float(h_slots.double().abs().sum())},
         }
     return out
@@ -134,7 +137,9 @@ def run_new_api(repeats: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=5, help="samples per round and contender")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternations of main's child process and this tree (load drifts)")
     ap.add_argument("--main", default="/work/main", help="checkout with main's build")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -145,17 +150,30 @@ def main(argv=None) -> int:
         return 0
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=f"{Path(a.main) / 'python'}{os.pathsep}{root}")
-    child = subprocess.run([sys.executable, "-m", "bench.layer.decode_rotation", "--child",
-                            "--threads", str(a.threads), "--repeats", str(a.repeats)],
-                           env=env, cwd=root, capture_output=True, text=True, check=True)
-    old = json.loads(child.stdout.strip().splitlines()[-1])
-    new = run_new_api(a.repeats)
+    from bench.timing import summarize
+    olds, news = [], []
+    for _ in range(a.rounds):  # alternate, so drifting load from other processes hits both
+        child = subprocess.run([sys.executable, "-m", "bench.layer.decode_rotation", "--child",
+                                "--threads", str(a.threads), "--repeats", str(a.repeats)],
+                               env=env, cwd=root, capture_output=True, text=True, check=True)
+        olds.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        news.append(run_new_api(a.repeats))
+
+    def pooled(entries):
+        st = summarize([x for e in entries for x in e["stats"]["repeats"]])
+        st["inner"] = entries[0]["stats"]["inner"]
+        return {**entries[-1], "stats": st}
+
+    old = {sc: pooled([o[sc] for o in olds]) for sc in SCENARIOS}
+    new = {sc: {name: pooled([nw[sc][name] for nw in news])
+                for name in ("rotate_segments", "rotate_slots")} for sc in SCENARIOS}
 
     from bench.machine import machine_info
     from bench.results import Results
     res = Results("decode_rotation", "cpu", False, machine_info("cpu"),
                   {"segments": T_SEG, "rows_per_segment": 1, "n": N, "adapters": A,
                    "sparse_rate": RATE, "dtype": "float32", "threads": a.threads,
+                   "rounds": a.rounds, "repeats_per_round": a.repeats,
                    "main_checkout": str(a.main)})
     for sc in SCENARIOS:
         params = {"scenario": sc}
