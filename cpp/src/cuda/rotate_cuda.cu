@@ -138,12 +138,12 @@ __device__ __forceinline__ void zero_rows(T* __restrict__ out, int64_t ld, const
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[(p.t0 + b) * ld + i] = zero;
 }
 
-template <typename T, int R>
-__global__ void __launch_bounds__(kThreads) rotate_forward_kernel(RotateArgs<T> a) {
-  using Acc = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* zs = reinterpret_cast<T*>(smem_raw);
-  const int64_t n = a.n, E = a.plans.num_entries;
+/// Walks block b's rows [bR, bR + R) piece by piece: rows of no adapter (or invalid ones) get
+/// zeros in a.out (if any), every other piece is passed to body(piece) after a barrier (the
+/// previous piece is done with the shared staging buffer). Block 0 also checks the ends of
+/// seg_indptr.
+template <typename T, int R, typename Body>
+__device__ __forceinline__ void for_each_piece(const RotateArgs<T>& a, Body body) {
   if (blockIdx.x == 0 && (a.indptr[0] != 0 || a.indptr[a.G] != a.T_rows)) flag(a.err, kBadSegment);
   int64_t t = static_cast<int64_t>(blockIdx.x) * R;
   const int64_t t_end = min(a.T_rows, t + R);
@@ -151,10 +151,21 @@ __global__ void __launch_bounds__(kThreads) rotate_forward_kernel(RotateArgs<T> 
     const Piece p = find_piece(a, t, t_end);
     t += p.rows;
     if (p.adapter < 0) {
-      zero_rows(a.out, a.ldout, p, n);
+      if (a.out) zero_rows(a.out, a.ldout, p, a.n);
       continue;
     }
-    __syncthreads();  // the previous piece is done with the staging buffer
+    __syncthreads();
+    body(p);
+  }
+}
+
+template <typename T, int R>
+__global__ void __launch_bounds__(kThreads) rotate_forward_kernel(RotateArgs<T> a) {
+  using Acc = acc_t<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* zs = reinterpret_cast<T*>(smem_raw);
+  const int64_t n = a.n, E = a.plans.num_entries;
+  for_each_piece<T, R>(a, [&](const Piece& p) {
     stage_transposed<T, R>(a.z, a.ldz, p, n, zs);
     __syncthreads();
     const int32_t* __restrict__ ptr =
@@ -184,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) rotate_forward_kernel(RotateArgs<T> 
       for (int b = 0; b < R; ++b, o += a.ldout)
         if (b < p.rows) *o = from_acc<T>(acc[b]);
     }
-  }
+  });
 }
 
 template <typename T, int R>
@@ -194,17 +205,7 @@ __global__ void __launch_bounds__(kThreads) rotate_backward_kernel(RotateArgs<T>
   T* hs = reinterpret_cast<T*>(smem_raw);
   const int64_t n = a.n, E = a.plans.num_entries;
   const bool want_z = a.d_dl != nullptr || a.d_s != nullptr;
-  if (blockIdx.x == 0 && (a.indptr[0] != 0 || a.indptr[a.G] != a.T_rows)) flag(a.err, kBadSegment);
-  int64_t t = static_cast<int64_t>(blockIdx.x) * R;
-  const int64_t t_end = min(a.T_rows, t + R);
-  while (t < t_end) {
-    const Piece p = find_piece(a, t, t_end);
-    t += p.rows;
-    if (p.adapter < 0) {
-      if (a.out) zero_rows(a.out, a.ldout, p, n);
-      continue;
-    }
-    __syncthreads();
+  for_each_piece<T, R>(a, [&](const Piece& p) {
     stage_transposed<T, R>(a.dh, a.lddh, p, n, hs);
     __syncthreads();
     const int32_t* __restrict__ ptr =
@@ -253,7 +254,7 @@ __global__ void __launch_bounds__(kThreads) rotate_backward_kernel(RotateArgs<T>
           if (b < p.rows) *o = from_acc<T>(acc[b]);
       }
     }
-  }
+  });
 }
 
 /// Rows per block: the next power of two >= the mean segment length, capped at 16 and by the
