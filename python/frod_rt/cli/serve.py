@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
                    help="max_tokens when a request gives none (default 16, as OpenAI)")
     p.add_argument("--served-name", default=None,
                    help="model name of the base (default: basename of --base)")
+    p.add_argument("--max-adapter-labels", type=int, default=256,
+                   help="adapters with their own 'adapter' label in /metrics; requests of "
+                        "more are counted under '(other)' (default 256)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     add_engine_options(p)
@@ -55,6 +58,8 @@ def run(args) -> int:
         raise CLIError(f"--max-queue must be >= 1, got {args.max_queue}")
     if args.default_max_tokens < 1:
         raise CLIError(f"--default-max-tokens must be >= 1, got {args.default_max_tokens}")
+    if args.max_adapter_labels < 1:
+        raise CLIError(f"--max-adapter-labels must be >= 1, got {args.max_adapter_labels}")
     check_port(args.host, args.port)
     adapters = adapter_specs(args.adapter)
     eng = load_engine(args.base, adapters, args, max_waiting=args.max_queue)
@@ -71,7 +76,8 @@ def run(args) -> int:
           f"http://{args.host}:{args.port}/v1", flush=True)
     try:
         serve(eng, host=args.host, port=args.port, log_level=args.log_level,
-              default_max_tokens=args.default_max_tokens)
+              default_max_tokens=args.default_max_tokens,
+              max_adapter_labels=args.max_adapter_labels)
         print("frod-rt serve: stopped", flush=True)
     finally:
         eng.close()

@@ -278,6 +278,8 @@ class Engine:
                 self._aborts.add(request_id)
 
     def has_unfinished(self) -> bool:
+        if self.scheduler is None:            # an encoder: nothing is ever queued
+            return False
         with self._lock:
             return bool(self._incoming or self._aborts) or self.scheduler.has_unfinished()
 
@@ -295,7 +297,7 @@ class Engine:
         new_ids = seq.output_ids[seq.emitted_tokens:]
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
-        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason))
+        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason, seq.timings()))
         with self._lock:
             self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1

@@ -12,6 +12,7 @@ class RequestOutput:
     new_text: str                   # detokenized delta ("" while a UTF-8 char is incomplete)
     finished: bool
     finish_reason: str | None       # "stop" | "length" | "abort" | None
+    timings: dict | None = None     # on the finishing output: Sequence.timings() (queued_s, ...)
 
 
 @dataclass

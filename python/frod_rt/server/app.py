@@ -7,7 +7,7 @@
     POST   /v1/adapters             load {"name", "path"} at run time
     DELETE /v1/adapters/{name}      unload an adapter
     GET    /health                  200 while the engine loop runs, else 503
-    GET    /metrics                 Prometheus text
+    GET    /metrics                 Prometheus text (``frod_rt.server.metrics``)
 
 ``model`` selects the adapter by name; the base model's name (``engine.base_name``) selects
 no adapter. Errors use OpenAI's shape (see ``frod_rt.server.errors``).
@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.errors import UnknownAdapterError
-from . import metrics as _metrics
+from .metrics import ServerMetrics
 from .chat import chat_prompt
 from .errors import APIError
 from .generation import Batch, ClientGone, collect, new_id, stream_chunks, usage
@@ -35,21 +35,21 @@ from .protocol import (AdapterLoadRequest, ChatRequest, CompletionRequest, check
 
 
 class ServerState:
-    """What the routes share: the engine, its loop and the server's own counters."""
+    """What the routes share: the engine, its loop and the app's metrics (``metrics``, a
+    :class:`ServerMetrics` whose hooks the engine loop calls too)."""
 
-    def __init__(self, engine, loop: EngineLoop, default_max_tokens: int = 16):
+    def __init__(self, engine, loop: EngineLoop, default_max_tokens: int = 16,
+                 max_adapter_labels: int = 256):
         self.engine = engine
         self.loop = loop
         self.default_max_tokens = default_max_tokens
         self.started = int(time.time())
-        self.rejected: Counter = Counter()
-        self.http_errors: Counter = Counter()
-        self.adapter_loads_total = 0
-        self.adapter_unloads_total = 0
+        self.metrics = ServerMetrics(engine, loop, max_adapter_labels)
+        loop.observer = self.metrics
         self.adapter_lock = asyncio.Lock()
 
     def count_rejected(self, reason: str) -> None:
-        self.rejected[reason] += 1
+        self.metrics.rejected.labels(reason=reason).inc()
 
     def resolve_model(self, model: str) -> str | None:
         """The adapter name for ``model`` (None = base); 404 for an unknown model."""
@@ -68,14 +68,14 @@ class ServerState:
                 "root": base, "parent": None if name == base else base}
 
 
-def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = None) -> FastAPI:
-    """The app serving ``engine`` (a decoder ``frod_rt.Engine``). The engine loop thread
+def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = None,
+               max_adapter_labels: int = 256) -> FastAPI:
+    """The app serving ``engine`` (a ``frod_rt.Engine``). The engine loop thread
     starts with the app (lifespan) and stops with it; ``app.state.server`` is the
-    :class:`ServerState`. The waiting queue bound is the engine's ``max_waiting``."""
-    if getattr(engine, "is_encoder", False):
-        raise ValueError("the HTTP server serves decoder (text generation) models only")
+    :class:`ServerState`. The waiting queue bound is the engine's ``max_waiting``.
+    ``max_adapter_labels``: adapter names with their own ``adapter`` label in /metrics."""
     loop = loop or EngineLoop(engine)
-    state = ServerState(engine, loop, default_max_tokens)
+    state = ServerState(engine, loop, default_max_tokens, max_adapter_labels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -90,7 +90,7 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
 
     # ---- errors -------------------------------------------------------------------------------
     def _err(e: APIError) -> JSONResponse:
-        state.http_errors[e.status] += 1
+        state.metrics.http_errors.labels(status=str(e.status)).inc()
         return e.response()
 
     @app.exception_handler(APIError)
@@ -122,18 +122,22 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
     # ---- generation ------------------------------------------------------------------------------
     async def _respond(request: Request, req, prompts, chat: bool):
         adapter = state.resolve_model(req.model)
-        check_unsupported(req)
-        sp = sampling_dict(req, state.default_max_tokens)
-        batch = Batch(state, prompts, adapter, sp)
-        if req.stream:
-            inc = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream_chunks(batch, request, req.model, chat, inc),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+        label = state.metrics.label_for(req.model)
         try:
+            check_unsupported(req)
+            sp = sampling_dict(req, state.default_max_tokens)
+            batch = Batch(state, prompts, adapter, sp, label)
+            if req.stream:
+                inc = bool(req.stream_options and req.stream_options.include_usage)
+                return StreamingResponse(stream_chunks(batch, request, req.model, chat, inc),
+                                         media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
             texts, reasons, ntok = await collect(batch, request)
         except ClientGone:
             return JSONResponse({}, status_code=499)     # nobody is listening
+        except APIError:
+            state.metrics.request_error(label)
+            raise
         ptok, ctok = sum(batch.prompt_tokens), sum(ntok)
         if chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": t},
@@ -187,7 +191,7 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
                 raise APIError(409 if code == "adapter_exists" else 400, str(e),
                                param="path" if code == "invalid_adapter" else "name",
                                code=code) from None
-            state.adapter_loads_total += 1
+            state.metrics.adapter_loads.inc()
         return state.model_card(req.name)
 
     @app.delete("/v1/adapters/{name}")
@@ -197,7 +201,8 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
                 engine.remove_adapter(name)
             except UnknownAdapterError as e:
                 raise APIError(404, str(e), param="name", code="model_not_found") from None
-            state.adapter_unloads_total += 1
+            state.metrics.adapter_unloads.inc()
+        state.metrics.sweep()
         return {"id": name, "object": "model", "deleted": True}
 
     # ---- operations ---------------------------------------------------------------------------------
@@ -210,12 +215,6 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
 
     @app.get("/metrics")
     async def metrics():
-        server = {"tokens_per_second": loop.tokens_per_second(), "in_flight": loop.in_flight(),
-                  "rejected": dict(state.rejected), "http_errors": dict(state.http_errors),
-                  "step_errors_total": loop.step_errors_total,
-                  "adapter_loads_total": state.adapter_loads_total,
-                  "adapter_unloads_total": state.adapter_unloads_total}
-        return PlainTextResponse(_metrics.render(engine.stats(), server),
-                                 media_type="text/plain; version=0.0.4")
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return app

@@ -42,10 +42,10 @@ def _server_class():
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          default_max_tokens: int = 16) -> None:
+          default_max_tokens: int = 16, **app_options) -> None:
     """Serve ``engine`` until SIGINT / SIGTERM, which shut it down gracefully (requests in
-    flight are aborted) and return."""
-    app = create_app(engine, default_max_tokens=default_max_tokens)
+    flight are aborted) and return. ``app_options`` go to ``create_app``."""
+    app = create_app(engine, default_max_tokens=default_max_tokens, **app_options)
     server = _server_class()(_config(app, host, port, log_level))
     server.run()
     if not server.started:
@@ -57,14 +57,15 @@ class ServerThread:
 
     ``with ServerThread(engine) as srv: srv.url`` -> ``"http://127.0.0.1:<port>"``; the
     engine loop starts with it and stops on exit. ``srv.app.state.server`` gives the
-    :class:`ServerState` (and ``.loop``, the :class:`EngineLoop`)."""
+    :class:`ServerState` (and ``.loop``, the :class:`EngineLoop`). ``app_options`` go to
+    ``create_app``."""
 
     def __init__(self, engine, host: str = "127.0.0.1", port: int | None = None,
-                 log_level: str = "warning", default_max_tokens: int = 16):
+                 log_level: str = "warning", default_max_tokens: int = 16, **app_options):
         import uvicorn
         self.host = host
         self.port = port or free_port(host)
-        self.app = create_app(engine, default_max_tokens=default_max_tokens)
+        self.app = create_app(engine, default_max_tokens=default_max_tokens, **app_options)
         self.server = uvicorn.Server(_config(self.app, host, self.port, log_level))
         self._thread: threading.Thread | None = None
 
