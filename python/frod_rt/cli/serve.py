@@ -1,8 +1,9 @@
 """``frod-rt serve --base DIR --adapter NAME=DIR ...``: the OpenAI-compatible HTTP server.
 
 One engine loop batches the requests of every client and every adapter together. Endpoints:
-/v1/completions, /v1/chat/completions, /v1/models, /v1/adapters (POST load, DELETE unload),
-/health, /metrics (see docs/server.md). ``model`` in a request names an adapter; the base
+/v1/completions, /v1/chat/completions (decoder bases), /v1/embeddings, /v1/classify (encoder
+bases), /v1/models, /v1/adapters (POST load, DELETE unload), /health, /metrics (see
+docs/server.md). ``model`` in a request names an adapter; the base
 model's name (its directory's basename, or ``--served-name``) selects no adapter."""
 from __future__ import annotations
 
@@ -63,8 +64,6 @@ def run(args) -> int:
     check_port(args.host, args.port)
     adapters = adapter_specs(args.adapter)
     eng = load_engine(args.base, adapters, args, max_waiting=args.max_queue)
-    if eng.is_encoder:
-        raise CLIError(f"{args.base}: the server needs a text-generation (decoder) model")
     if args.served_name:
         if args.served_name in adapters:
             raise CLIError(f"--served-name {args.served_name!r} is also an adapter name")
@@ -72,7 +71,8 @@ def run(args) -> int:
     if eng.base_name in adapters:
         raise CLIError(f"adapter name {eng.base_name!r} equals the base model's name; "
                        "rename the adapter or use --served-name")
-    print(f"serving {eng.base_name} + {len(adapters)} adapter(s) on "
+    kind = "embeddings" if eng.is_encoder else "text generation"
+    print(f"serving {eng.base_name} + {len(adapters)} adapter(s) ({kind}) on "
           f"http://{args.host}:{args.port}/v1", flush=True)
     try:
         serve(eng, host=args.host, port=args.port, log_level=args.log_level,

@@ -462,6 +462,9 @@ class Engine:
             else:
                 toks.append(self._tokenize(t)[: self.max_model_len])
                 types.append([0] * len(toks[-1]))
+                vocab = self.hf_model.config.vocab_size
+                if toks[-1] and (min(toks[-1]) < 0 or max(toks[-1]) >= vocab):
+                    raise ValueError(f"texts: token ids must lie in [0, {vocab})")
             if not toks[-1]:
                 raise ValueError("texts: an entry has no tokens")
         with self._model_lock:

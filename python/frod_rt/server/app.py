@@ -3,6 +3,8 @@
     POST   /v1/completions          text completion (``stream`` -> server-sent events)
     POST   /v1/chat/completions     chat completion (tokenizer's chat template, else
                                     ``frod_rt.server.chat.simple_template``)
+    POST   /v1/embeddings           embeddings (encoder bases; ``frod_rt.server.encoders``)
+    POST   /v1/classify, /classify  classification logits/probabilities (encoder bases)
     GET    /v1/models               the base model and every adapter
     POST   /v1/adapters             load {"name", "path"} at run time
     DELETE /v1/adapters/{name}      unload an adapter
@@ -27,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..engine.errors import UnknownAdapterError
 from .metrics import ServerMetrics
 from .chat import chat_prompt
+from .encoders import add_encoder_routes
 from .errors import APIError
 from .generation import Batch, ClientGone, collect, new_id, stream_chunks, usage
 from .loop import EngineLoop
@@ -122,6 +125,9 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
     # ---- generation ------------------------------------------------------------------------------
     async def _respond(request: Request, req, prompts, chat: bool):
         adapter = state.resolve_model(req.model)
+        if getattr(engine, "is_encoder", False):
+            raise APIError(400, f"model {req.model!r} is an encoder: use /v1/embeddings or "
+                           "/v1/classify", param="model", code="unsupported_model")
         label = state.metrics.label_for(req.model)
         try:
             check_unsupported(req)
@@ -161,6 +167,8 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
         state.resolve_model(req.model)
         prompt = chat_prompt(engine.tokenizer, req.messages)
         return await _respond(request, req, [prompt], chat=True)
+
+    add_encoder_routes(app, state)
 
     # ---- models and adapters ------------------------------------------------------------------------
     @app.get("/v1/models")
