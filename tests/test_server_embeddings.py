@@ -4,22 +4,17 @@ also through the official openai client (which asks for base64 by default)."""
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 import pytest
 import torch
+from serve_process import serve_process
 
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, toy_llama, toy_tokenizer
-from frod_rt.server import ServerThread, free_port
+from frod_rt.server import ServerThread
 
 TEXTS = ["A man is playing a guitar.", "The weather is lovely today",
          "frod rotates many adapters", "x"]
@@ -161,38 +156,13 @@ def test_frod_rt_serve_accepts_an_encoder(minilm):
     """``frod-rt serve`` on the MiniLM directory (a separate process) answers /v1/embeddings
     with what the in-process engine computes."""
     eng, srv = minilm
-    port = free_port()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "python") + \
-        (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "frod_rt.cli", "serve", "--base",
-           str(eng.hf_model.config._name_or_path), "--adapter", f"ad={srv.root / 'ad'}",
-           "--port", str(port), "--cache-dir", str(srv.root / "cache"),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "frod-rt serve did not come up"
-            time.sleep(0.3)
+    args = ["--base", str(eng.hf_model.config._name_or_path), "--adapter",
+            f"ad={srv.root / 'ad'}", "--cache-dir", str(srv.root / "cache"),
+            "--log-level", "warning"]
+    with serve_process(args) as (proc, url):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         res = client.embeddings.create(model="ad", input=TEXTS)
         torch.testing.assert_close(torch.tensor([d.embedding for d in res.data]),
                                    eng.embed(TEXTS, adapter="ad"), atol=1e-6, rtol=1e-5)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-    assert rc == 0, proc.stderr.read()[-2000:]
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
     assert "(embeddings)" in proc.stdout.read()
