@@ -226,7 +226,7 @@ class EngineLoop:
                 itl = now - h.last if h.last is not None else None
                 h.last = now
                 obs.tokens(h.label, n, ttft, itl)
-            if out.finished and out.finish_reason != "abort":
+            if out.finished and out.finish_reason not in ("abort", "error"):
                 queued = (out.timings or {}).get("queued_s")
                 obs.finished(now - h.submitted, queued)
 
