@@ -100,7 +100,8 @@ def test_encoder_errors(minilm):
     _err(_post(srv, "/v1/embeddings", model=base, input=[1, 10 ** 9]), 400, "input")
     _err(_post(srv, "/v1/embeddings", model=base, input="word " * 600), 400, "input")
     _err(_post(srv, "/v1/embeddings", model=base, input="x", dimensions=8), 400, "dimensions")
-    _err(_post(srv, "/v1/embeddings", model=base, input="x", encoding_format="int8"), 422)
+    _err(_post(srv, "/v1/embeddings", model=base, input="x", encoding_format="int8"), 400)
+    _err(_post(srv, "/v1/embeddings", model=base, input="x", colour=1), 400, "colour")
     _err(_post(srv, "/v1/completions", model=base, prompt="x"), 400, "model")
     e = _err(_post(srv, "/v1/classify", model=base, input="x"), 400)
     assert "classification head" in e["message"]

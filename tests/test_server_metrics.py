@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, toy_llama, toy_tokenizer
 from frod_rt.server import ServerThread
+from frod_rt.server.config import ServerConfig
 from frod_rt.server.metrics import OTHER, AdapterLabels, ServerMetrics
 
 HISTOGRAMS = ("frod_rt_time_to_first_token_seconds", "frod_rt_inter_token_latency_seconds",
@@ -109,7 +110,8 @@ def test_adapter_labels_capped_and_removed(toy):
     eng = _engine(toy)
     eng.add_adapter("ad0", root / "ad0")
     eng.add_adapter("ad1", root / "ad1")
-    with ServerThread(eng, max_adapter_labels=2) as srv:
+    config = ServerConfig(max_adapter_labels=2, allow_adapter_loading=root)
+    with ServerThread(eng, config=config) as srv:
         def ask(name):
             r = httpx.post(srv.url + "/v1/completions", timeout=60,
                            json={"model": name, "prompt": "the fox", "max_tokens": 1})

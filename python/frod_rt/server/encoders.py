@@ -1,7 +1,8 @@
 """Encoder routes: ``POST /v1/embeddings`` (OpenAI's shape) and ``POST /v1/classify``
 (vLLM's shape, also at ``/classify``), served when the base is an encoder (BERT family).
 
-``model`` names an adapter or the base. ``input``: a string, a list of strings, a list of
+``model`` names an adapter or the base (or, with ``adapter_weights``, the base and a
+blend of adapters). ``input``: a string, a list of strings, a list of
 token ids or a list of token-id lists; each entry is one text of one packed forward pass
 (``Engine.embed`` / ``Engine.classify``), so a response equals what those calls return for
 the same list. A text longer than the model's ``max_model_len`` is refused (400), not
@@ -14,41 +15,34 @@ import base64
 import time
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from .errors import APIError
 from .generation import new_id, to_api_error
+from .limits import check_prompts
+from .protocol import _LENIENT, check_unknown_fields, entries_of
 
 Inputs = Union[str, list[str], list[int], list[list[int]]]
 
 
 class EmbeddingRequest(BaseModel):
     """POST /v1/embeddings."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = _LENIENT
     model: str
     input: Inputs
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = None
     user: Optional[str] = None
+    adapter_weights: Optional[dict[str, float]] = None    # a blend (``model`` = the base)
 
 
 class ClassifyRequest(BaseModel):
     """POST /v1/classify (vLLM's ``/classify`` body)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = _LENIENT
     model: str
     input: Inputs
     user: Optional[str] = None
-
-
-def texts_of(inp) -> list:
-    """The request's texts (strings or token-id lists), one per embedding."""
-    if isinstance(inp, str):
-        return [inp]
-    if not inp:
-        raise APIError(400, "input: empty list", param="input")
-    if all(isinstance(x, int) for x in inp):
-        return [list(inp)]
-    return list(inp)
+    adapter_weights: Optional[dict[str, float]] = None
 
 
 def token_counts(engine, texts: list) -> list[int]:
@@ -84,21 +78,21 @@ def _encode_b64(row) -> str:
 def add_encoder_routes(app, state) -> None:
     """Register /v1/embeddings, /v1/classify and /classify on ``app``."""
     engine = state.engine
+    char_limit = state.config.prompt_char_limit(engine.max_model_len)
 
-    def prepare(req):
-        adapter = state.resolve_model(req.model)
+    async def prepare(req):
+        if state.config.strict_fields:
+            check_unknown_fields(req)
+        adapter = state.resolve_adapter(req.model, req.adapter_weights)
         if not getattr(engine, "is_encoder", False):
             raise APIError(400, f"model {req.model!r} generates text; embeddings and "
                            "classification need an encoder base (BertModel, "
                            "BertForSequenceClassification)", param="model",
                            code="unsupported_model")
-        label = state.metrics.label_for(req.model)
-        try:
-            texts = texts_of(req.input)
-            counts = token_counts(engine, texts)
-        except APIError:
-            state.metrics.request_error(label)
-            raise
+        with state.counting_errors(req.model, adapter) as label:
+            texts = entries_of(req.input, "input")
+            check_prompts(texts, char_limit, engine.max_model_len, field="input")
+            counts = await asyncio.to_thread(token_counts, engine, texts)
         for n in counts:
             state.metrics.request_submitted(label, n)
         return adapter, label, texts, counts
@@ -115,7 +109,7 @@ def add_encoder_routes(app, state) -> None:
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest):
-        adapter, label, texts, counts = prepare(req)
+        adapter, label, texts, counts = await prepare(req)
         hidden = engine.hf_model.config.hidden_size
         if req.dimensions is not None and req.dimensions != hidden:
             state.metrics.request_error(label)
@@ -128,7 +122,7 @@ def add_encoder_routes(app, state) -> None:
         return {"object": "list", "data": data, "model": req.model, "usage": usage(counts)}
 
     async def classify(req: ClassifyRequest):
-        adapter, label, texts, counts = prepare(req)
+        adapter, label, texts, counts = await prepare(req)
         logits = (await run(engine.classify, texts, adapter, label)).float().cpu()
         probs = logits.softmax(-1)
         id2label = getattr(engine.hf_model.config, "id2label", None) or {}

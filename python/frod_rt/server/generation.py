@@ -13,6 +13,7 @@ import time
 import uuid
 
 from ..engine.errors import EngineOverloadedError, UnknownAdapterError
+from ..method.blend import BlendError
 from .errors import APIError
 from .loop import EngineFailure
 
@@ -36,6 +37,9 @@ def to_api_error(exc: Exception) -> APIError:
         return APIError(503, str(exc), code="engine_unavailable")
     if isinstance(exc, EngineOverloadedError):
         return APIError(429, str(exc), code="queue_full")
+    if isinstance(exc, BlendError):
+        return APIError(400, f"adapter_weights: {exc}", param="adapter_weights",
+                        code="blend_refused")
     if isinstance(exc, (ValueError, TypeError)):
         msg = str(exc)
         head = msg.split(":", 1)[0].strip()

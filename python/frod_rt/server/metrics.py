@@ -14,7 +14,8 @@ Every name is prefixed ``frod_rt_``. Three kinds of series:
 Label cardinality is bounded (:class:`AdapterLabels`): at most ``max_adapter_labels`` adapter
 names have their own series; the series of an adapter that is no longer loaded are removed
 (at each scrape, and before a new name would overflow the cap); requests of adapters beyond
-the cap are counted under ``adapter="(other)"``.
+the cap are counted under ``adapter="(other)"``; requests for blends of adapters under
+``adapter="(blend)"``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 OTHER = "(other)"          # the adapter label of requests beyond the label cap
+BLEND = "(blend)"          # the adapter label of requests for a blend of adapters
 
 # vLLM's buckets (vllm/v1/metrics/loggers.py)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -99,7 +101,7 @@ class AdapterLabels:
             return self._sweep_locked()
 
     def _sweep_locked(self) -> list[str]:
-        keep = set(self._is_loaded()) | {self._base_name()}
+        keep = set(self._is_loaded()) | {self._base_name(), BLEND}
         gone = sorted(self._tracked - keep)
         self._tracked -= set(gone)
         return gone
