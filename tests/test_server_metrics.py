@@ -6,8 +6,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from frod_rt.engine import Engine
-from frod_rt.engine.toy import random_adapter, toy_llama, toy_tokenizer
+from server_toy import engine, make_toy
+
 from frod_rt.server import ServerThread
 from frod_rt.server.config import ServerConfig
 from frod_rt.server.metrics import OTHER, AdapterLabels, ServerMetrics
@@ -18,18 +18,7 @@ HISTOGRAMS = ("frod_rt_time_to_first_token_seconds", "frod_rt_inter_token_latenc
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("metrics_toy")
-    tok = toy_tokenizer()
-    model = toy_llama(vocab_size=len(tok), hidden=32, intermediate=48, std=0.1, seed=5)
-    for i, t in enumerate((["q_proj", "v_proj"], ["gate_proj", "down_proj"])):
-        random_adapter(model, root / f"ad{i}", t, seed=i, cache_dir=root / "cache")
-    return model, tok, root
-
-
-def _engine(toy):
-    model, tok, root = toy
-    return Engine(model, tokenizer=tok, base_name="toybase", cache_dir=root / "cache",
-                  max_waiting=16)
+    return make_toy(tmp_path_factory.mktemp("metrics_toy"), n_adapters=2)
 
 
 def _scrape(url) -> dict:
@@ -52,14 +41,11 @@ def _sample(fams, name, sample, **labels) -> float:
 
 
 def test_metrics_per_adapter_and_histograms(toy):
-    model, tok, root = toy
-    eng = _engine(toy)
-    eng.add_adapter("ad0", root / "ad0")
-    eng.add_adapter("ad1", root / "ad1")
+    eng = engine(toy, max_waiting=16)
     with ServerThread(eng) as srv:
         post = lambda **b: httpx.post(srv.url + "/v1/completions", timeout=60,  # noqa: E731
                                       json={"temperature": 0, **b})
-        sent = {"toybase": [3], "ad0": [4, 2], "ad1": [5]}       # max_tokens per request
+        sent = {"toybase": [3], "a0": [4, 2], "a1": [5]}       # max_tokens per request
         gen = {}
         for model_name, mts in sent.items():
             for mt in mts:
@@ -68,21 +54,21 @@ def test_metrics_per_adapter_and_histograms(toy):
                 assert r.status_code == 200, r.text
                 gen[model_name] = gen.get(model_name, 0) + r.json()["usage"]["completion_tokens"]
         with httpx.stream("POST", srv.url + "/v1/completions", timeout=60,
-                          json={"model": "ad1", "prompt": "a journey", "max_tokens": 3,
+                          json={"model": "a1", "prompt": "a journey", "max_tokens": 3,
                                 "temperature": 0, "stream": True, "ignore_eos": True}) as s:
             assert s.status_code == 200 and "[DONE]" in s.read().decode()
-        gen["ad1"] += 3
-        assert post(model="ad0", prompt="x", temperature=-1).status_code == 400
+        gen["a1"] += 3
+        assert post(model="a0", prompt="x", temperature=-1).status_code == 400
         assert post(model="nope", prompt="x").status_code == 404
 
         fams = _scrape(srv.url)
         reqs = _by_adapter(fams, "frod_rt_adapter_requests")
-        assert reqs == {"toybase": 1, "ad0": 2, "ad1": 2}
+        assert reqs == {"toybase": 1, "a0": 2, "a1": 2}
         assert _by_adapter(fams, "frod_rt_adapter_generation_tokens") == gen
         ptok = _by_adapter(fams, "frod_rt_adapter_prompt_tokens")
         assert sum(ptok.values()) == _sample(fams, "frod_rt_prompt_tokens",
                                              "frod_rt_prompt_tokens_total")
-        assert _by_adapter(fams, "frod_rt_adapter_request_errors") == {"ad0": 1}
+        assert _by_adapter(fams, "frod_rt_adapter_request_errors") == {"a0": 1}
         assert _sample(fams, "frod_rt_http_errors", "frod_rt_http_errors_total",
                        status="404") == 1
         n_req, n_tok = 5, sum(gen.values())
@@ -106,26 +92,23 @@ def test_metrics_per_adapter_and_histograms(toy):
 def test_adapter_labels_capped_and_removed(toy):
     """With room for 2 label values (base + one adapter), a second adapter is counted under
     "(other)"; unloading the first removes its series and frees the room."""
-    model, tok, root = toy
-    eng = _engine(toy)
-    eng.add_adapter("ad0", root / "ad0")
-    eng.add_adapter("ad1", root / "ad1")
-    config = ServerConfig(max_adapter_labels=2, allow_adapter_loading=root)
+    eng = engine(toy, max_waiting=16)
+    config = ServerConfig(max_adapter_labels=2, allow_adapter_loading=toy["adapter_root"])
     with ServerThread(eng, config=config) as srv:
         def ask(name):
             r = httpx.post(srv.url + "/v1/completions", timeout=60,
                            json={"model": name, "prompt": "the fox", "max_tokens": 1})
             assert r.status_code == 200, r.text
-        for name in ("toybase", "ad0", "ad1"):
+        for name in ("toybase", "a0", "a1"):
             ask(name)
         fams = _scrape(srv.url)
         assert _by_adapter(fams, "frod_rt_adapter_requests") == \
-            {"toybase": 1, "ad0": 1, OTHER: 1}
-        assert httpx.delete(srv.url + "/v1/adapters/ad0").status_code == 200
-        assert "ad0" not in _by_adapter(_scrape(srv.url), "frod_rt_adapter_requests")
-        ask("ad1")
+            {"toybase": 1, "a0": 1, OTHER: 1}
+        assert httpx.delete(srv.url + "/v1/adapters/a0").status_code == 200
+        assert "a0" not in _by_adapter(_scrape(srv.url), "frod_rt_adapter_requests")
+        ask("a1")
         assert _by_adapter(_scrape(srv.url), "frod_rt_adapter_requests") == \
-            {"toybase": 1, "ad1": 1, OTHER: 1}
+            {"toybase": 1, "a1": 1, OTHER: 1}
     eng.close()
 
 
