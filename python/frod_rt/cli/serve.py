@@ -19,7 +19,7 @@ import sys
 
 from .common import CLIError, adapter_specs, add_engine_options, load_engine
 
-SERVE_DEPS = ("fastapi", "uvicorn", "pydantic", "starlette", "h11")
+SERVE_DEPS = ("fastapi", "uvicorn", "pydantic", "starlette", "h11", "prometheus_client")
 
 
 def add_parser(sub) -> None:
