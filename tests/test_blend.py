@@ -97,3 +97,12 @@ def test_normalize_weights():
     for bad in ({}, {"a": float("nan")}, {"a": True}, {"": 1.0}, {"a": "1"}, [("a", 1.0)]):
         with pytest.raises(ValueError, match="adapter_weights"):
             normalize_weights(bad)
+
+
+def test_trained_heads_are_not_blended(base):
+    import dataclasses
+    a = _adapter(base, "ha", ["q_proj"], seed=11)
+    b = _adapter(base, "hb", ["q_proj"], seed=12)
+    headed = dataclasses.replace(b, modules={"score": {"weight": torch.zeros(3, 24)}})
+    with pytest.raises(BlendError, match="'hb'.*trained heads"):
+        blend_adapters([(a, 0.5), (headed, 0.5)])

@@ -14,7 +14,9 @@ Refused with :class:`BlendError` (naming the adapters, layer or category):
   shared category);
 * a layer whose components use different patterns: an adapter with its own (imported)
   pattern blends only with adapters holding the same pattern on that layer; default-pattern
-  adapters blend only when they share the pattern seed and, per category, the pattern size.
+  adapters blend only when they share the pattern seed and, per category, the pattern size;
+* components carrying trained heads (``modules_to_save``): a head is a full copy of a module,
+  not an update on a shared basis, so there is no exact blend of it.
 """
 from __future__ import annotations
 
@@ -83,6 +85,11 @@ def blend_adapters(parts, name: str = "blend") -> AdapterFile:
     for f, w in parts:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"blend: weight of {f.name!r} must be a finite number, got {w!r}")
+    with_heads = [f.name for f, _ in parts if f.modules]
+    if with_heads:
+        raise BlendError(f"cannot blend {', '.join(map(repr, with_heads))}: they carry trained "
+                         "heads (modules_to_save), which are full module copies, not updates "
+                         "that blend")
     first = parts[0][0].config
     for f, _ in parts[1:]:
         if not math.isclose(f.config.alpha, first.alpha, rel_tol=1e-12):
