@@ -18,6 +18,9 @@
   until its last bound request ends. It is never re-read from disk (the directory may hold
   the new version): if it was already out of memory when removed, a preempted request ends
   with the same error.
+* Virtual instances (``virtual``): an in-memory file under no registered name, e.g. a blend
+  of adapters (``engine/blends.py``); bound by instance, never evicted from the host tier,
+  ended with ``retire``.
 """
 from __future__ import annotations
 
@@ -116,12 +119,16 @@ class AdapterManager:
     def __contains__(self, name) -> bool:
         return name in self.entries
 
-    def bind(self, name: str | None) -> AdapterInstance | None:
-        """The current instance of ``name`` (None for the base model), counted as used by one
-        more request until :meth:`unbind`. Raises UnknownAdapterError."""
+    def bind(self, name: str | AdapterInstance | None) -> AdapterInstance | None:
+        """The current instance of ``name`` (None for the base model; an instance itself for
+        a virtual one), counted as used by one more request until :meth:`unbind`. Raises
+        UnknownAdapterError."""
         if name is None:
             return None
         with self.lock:
+            if isinstance(name, AdapterInstance):
+                name.requests += 1
+                return name
             e = self.entries.get(name)
             if e is None:
                 raise UnknownAdapterError(name, self.entries)
@@ -219,11 +226,37 @@ class AdapterManager:
             e = self.entries.pop(name, None)
             if e is None:
                 raise UnknownAdapterError(name, self.entries)
+            self.retire(e)
+
+    def retire(self, e: AdapterInstance) -> None:
+        """End instance ``e`` (``remove`` does this for a name; blends call it directly):
+        requests bound to it that started keep it, the others end as for a removed adapter."""
+        with self.lock:
             e.removed = True
             self.host_lru.pop(e, None)        # no longer evictable: its requests may need it
             if e.slot >= 0 and e.pins == 0:
                 self.device_lru.pop(e.slot, None)
             self._drop_if_unused(e)
+
+    def host_file(self, name: str):
+        """The parsed file of the current instance of ``name`` (read from its directory again
+        if it left the host tier). Raises UnknownAdapterError."""
+        with self.lock:
+            e = self.entries.get(name)
+            if e is None:
+                raise UnknownAdapterError(name, self.entries)
+            f, path = e.file, e.path
+        return f if f is not None else self._read(name, path)[0]
+
+    def virtual(self, name: str, file) -> AdapterInstance:
+        """An instance of the in-memory ``file`` under no registered name (module docstring):
+        checked against the base decomposition; its patterns resolved as for a file read."""
+        from ..method.adapter_io import check_against
+        d = self.decomposition
+        check_against(file, d)
+        patterns = {n: delta_pattern(delta, d, d.layers[n].category, file.config.seed)
+                    for n, delta in file.layers.items()}
+        return AdapterInstance(name, None, file, patterns)
 
     def _drop_if_unused(self, e: AdapterInstance) -> None:
         """Free a removed instance's slot and file once no request uses it."""
@@ -314,7 +347,7 @@ class AdapterManager:
             e.slot = slot
             e.pins = 1
             self.slot_entry[slot] = e
-            if not e.removed:
+            if e in self.host_lru:             # (removed and virtual instances are not)
                 self.host_lru.move_to_end(e)
             return slot
 
