@@ -259,17 +259,19 @@ def _remembered(key: tuple, tensors: tuple[Tensor, ...], make):
     """``make()``, remembered under ``key`` while ``tensors`` are alive and unmodified (same
     objects, same version counters), so repeated calls with the same tensors skip hashing."""
     ver = tuple(_version(t) for t in tensors)
-    hit = _tables.get(key)
-    if hit is not None:
-        refs, v, value = hit
-        if all(r() is t for r, t in zip(refs, tensors)) and v == ver and None not in ver:
-            _tables.move_to_end(key)
-            return value
+    with _lock:
+        hit = _tables.get(key)
+        if hit is not None:
+            refs, v, value = hit
+            if all(r() is t for r, t in zip(refs, tensors)) and v == ver and None not in ver:
+                _tables.move_to_end(key)
+                return value
     value = make()
     if None not in ver:
-        _tables[key] = (tuple(weakref.ref(t) for t in tensors), ver, value)
-        while len(_tables) > _TABLE_CACHE_SIZE:
-            _tables.popitem(last=False)
+        with _lock:
+            _tables[key] = (tuple(weakref.ref(t) for t in tensors), ver, value)
+            while len(_tables) > _TABLE_CACHE_SIZE:
+                _tables.popitem(last=False)
     return value
 
 
@@ -288,14 +290,16 @@ def plan_of(rows: Tensor, cols: Tensor, n: int) -> PatternPlan:
 def table_of_plans(plans: list[PatternPlan | None], n: int, device) -> PlanTable:
     """A PlanTable with slot a -> ``plans[a]``, remembered for the same plan objects."""
     key = ("plans", n, str(device), tuple(id(p) for p in plans))
-    hit = _tables.get(key)
-    if hit is not None:
-        _tables.move_to_end(key)
-        return hit[2]
+    with _lock:
+        hit = _tables.get(key)
+        if hit is not None:
+            _tables.move_to_end(key)
+            return hit[2]
     table = PlanTable(n, torch.device(device), list(plans))   # holds the plans: ids stay valid
-    _tables[key] = ((), (), table)
-    while len(_tables) > _TABLE_CACHE_SIZE:
-        _tables.popitem(last=False)
+    with _lock:
+        _tables[key] = ((), (), table)
+        while len(_tables) > _TABLE_CACHE_SIZE:
+            _tables.popitem(last=False)
     return table
 
 
