@@ -193,3 +193,26 @@ def test_cuda_linear_ops_accept_views(gen, op):
     for name in names:
         got = fn(*{**args, name: _strided(args[name])}.values())
         assert torch.equal(got, want), name
+
+
+def test_unaligned_sizes_fall_back_with_one_warning(gen):
+    """n or out not a multiple of 8: fused / replace warn once and compute the same result on
+    torch GEMMs around the rotation kernel."""
+    import warnings
+    from frod_rt.ops import cuda_linear
+    cuda_linear._fallback_warned.clear()
+    p = _layer(gen, n=37, out=21, A=3, k=50, dtype=torch.float16, per_adapter=False,
+               layout="mixed")
+    c = {k: v.cuda() for k, v in p.items()}
+    vt, wu = fused_weights(c["W"], c["V"], c["U"])
+    rot = (c["indptr"], c["adapter"], c["dl"], c["s"], c["rows"], c["cols"])
+    with pytest.warns(RuntimeWarning, match="multiples of 8"):
+        y = fused_frod_linear(c["x"], vt, wu, c["b"], *rot)
+    assert rel_err(y, _ref(p)) < REL_TOL[torch.float16] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused_frod_linear(c["x"], vt, wu, c["b"], *rot)          # warned once only
+    with pytest.warns(RuntimeWarning, match="multiples of 8"):
+        yr = replace_frod_linear(c["x"], vt, c["U"], c["l"], c["b"], *rot)
+    adapted = torch.repeat_interleave(p["adapter"], torch.diff(p["indptr"]).long()) >= 0
+    assert rel_err(yr[adapted.cuda()], _ref(p)[adapted]) < REL_TOL[torch.float16] * 4
