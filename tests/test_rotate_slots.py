@@ -232,3 +232,11 @@ def test_cuda_tensors_without_cuda_kernels_fall_back_with_one_warning(monkeypatc
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rotate_segments(*args)  # no second warning
+
+
+def test_rotate_slots_torch_compile_fullgraph():
+    z, indptr, seg, dl, s, table = _slots_problem(torch.float32, seed=11)
+    fn = torch.compile(lambda z: rotate_slots(z, indptr, seg, dl, s, table) * 2, fullgraph=True,
+                       backend="aot_eager")
+    ref = rotate_slots_reference(z.double(), indptr, seg, dl.double(), s.double(), table)
+    assert rel_err(fn(z), 2 * ref) < TOL[torch.float32]

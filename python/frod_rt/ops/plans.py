@@ -141,7 +141,7 @@ class PlanTable:
         plans: the P distinct PatternPlans, in table order.
     """
 
-    __slots__ = ("n", "device", "plans", "slot_plan", "meta", "ptr", "idx", "__weakref__")
+    __slots__ = ("n", "device", "plans", "kmax", "slot_plan", "meta", "ptr", "idx", "__weakref__")
 
     def __init__(self, n: int, device: torch.device, slot_plans: list[PatternPlan | None]):
         self.n, self.device = n, device
@@ -164,6 +164,7 @@ class PlanTable:
             offsets.append([off, int(p.identity)])
             off += p.k
         self.plans = plans
+        self.kmax = max((p.k for p in plans), default=0)
         self.slot_plan = torch.tensor(slots, dtype=torch.int32).to(device)
         self.meta = torch.tensor(offsets, dtype=torch.int64).reshape(len(plans), 2).to(device)
         self.ptr = (torch.stack([p.ptr for p in plans]) if plans
@@ -175,7 +176,8 @@ class PlanTable:
         return self.slot_plan, self.meta, self.ptr, self.idx
 
     def max_k(self) -> int:
-        return max((p.k for p in self.plans), default=0)
+        """Largest k of the table's plans (s needs at least this many columns)."""
+        return self.kmax
 
 
 class SlotPatterns:
