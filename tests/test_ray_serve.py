@@ -1,0 +1,258 @@
+"""Serving on Ray Serve (``frod_rt.server.ray_app``): a local Ray on loopback, 2 engine
+replicas of 1 thread each, a random-weight toy Llama with 4 adapters.
+
+Checked against the single-engine server (``ServerThread``) on the same base and adapters:
+greedy texts equal, adapter affinity (>= 80% of an adapter's requests on one replica), the
+``x-frod-rt-replica`` header, aggregated /health and /metrics, and a replica killed with
+SIGKILL mid-load: every request gets its answer or a retryable 503, and the deployment
+recovers. Skipped when Ray is not installed; the module takes about 1-2 minutes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+# Ray picks its node address before anything starts: keep every Ray service on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+import httpx  # noqa: E402
+
+from frod_rt.engine import Engine  # noqa: E402
+from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer  # noqa: E402,E501
+from frod_rt.server import ServerThread, free_port  # noqa: E402
+from frod_rt.server.ray_app import REPLICA_HEADER, build_app, run_app  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+TARGETS = [["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           ["q_proj", "v_proj"], ["gate_proj", "up_proj", "down_proj"], ["o_proj", "k_proj"]]
+WORDS = ("the quick brown fox jumps over the lazy dog a journey of a thousand miles begins "
+         "with a single step to be or not that is question once upon time").split()
+ADAPTERS = [f"ad{i}" for i in range(4)]
+BASE = "toybase"
+
+
+def _prompt(i: int) -> str:
+    return " ".join(WORDS[(7 * i + 3 * j) % len(WORDS)] for j in range(2 + i % 5))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_toy")
+    tok = toy_tokenizer()
+    model = toy_llama(vocab_size=len(tok), hidden=32, intermediate=48, std=0.1, seed=3)
+    base = save_toy_model(model, tok, root / BASE)
+    cache = root / "cache"
+    adapters = {}
+    for i, name in enumerate(ADAPTERS):
+        random_adapter(model, root / name, TARGETS[i], seed=10 + i, cache_dir=cache)
+        adapters[name] = root / name
+    return {"base": base, "cache": cache, "adapters": adapters}
+
+
+@pytest.fixture(scope="module")
+def single(toy):
+    """The single-engine server on the same base and adapters: the reference."""
+    eng = Engine.load(toy["base"], adapters=toy["adapters"], cache_dir=toy["cache"],
+                      device_adapter_capacity=4)
+    with ServerThread(eng) as srv:
+        yield srv
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(toy):
+    """Ray (2 CPUs, no dashboard, loopback) + Serve with 2 engine replicas; torn down
+    whatever happens."""
+    py_dir = str(Path(__file__).resolve().parents[1] / "python")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [py_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    port = free_port()
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+        app = build_app(toy["base"], {n: str(p) for n, p in toy["adapters"].items()},
+                        replicas=2, engine_options={"cache_dir": str(toy["cache"]),
+                                                    "device_adapter_capacity": 4},
+                        threads_per_replica=1, replica_cpus=1, adapters_per_replica=4,
+                        health_check_period_s=1.0, report_period_s=0.25)
+        run_app(app, host="127.0.0.1", port=port)
+        url = f"http://127.0.0.1:{port}"
+        _wait_health(url, replicas_ok=2, timeout=120)
+        yield url
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def _wait_health(url, replicas_ok: int, timeout: float, exclude_pids=()) -> dict:
+    deadline = time.monotonic() + timeout
+    body = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url + "/health", timeout=10)
+            body = r.json()
+            pids = {v.get("pid") for v in body.get("replicas", {}).values()}
+            if (r.status_code == 200 and body.get("replicas_ok") == replicas_ok
+                    and not pids & set(exclude_pids)):
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the deployment did not reach {replicas_ok} healthy replicas in "
+                         f"{timeout} s: {body}")
+
+
+def _metric(url, name: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"frod_rt_{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+async def _complete_all(url, jobs, stream=False):
+    """POST every (model, prompt, max_tokens) at once; (status, body or events, replica)."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        async def one(m, p, n):
+            req = {"model": m, "prompt": p, "max_tokens": n, "temperature": 0,
+                   "ignore_eos": True, "stream": stream}
+            if not stream:
+                r = await c.post("/v1/completions", json=req)
+                return r.status_code, r.json(), r.headers.get(REPLICA_HEADER), r.headers
+            async with c.stream("POST", "/v1/completions", json=req) as r:
+                lines = [ln async for ln in r.aiter_lines() if ln]
+                return r.status_code, lines, r.headers.get(REPLICA_HEADER), r.headers
+        return await asyncio.gather(*(one(*j) for j in jobs))
+
+
+def _stream_text(lines) -> tuple[str, dict | None]:
+    """(concatenated text, error body or None) of SSE lines ending with [DONE]."""
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    text, err = "", None
+    for ln in lines[:-1]:
+        obj = json.loads(ln[len("data: "):])
+        if "error" in obj:
+            err = obj
+        else:
+            text += obj["choices"][0]["text"]
+    return text, err
+
+
+def test_two_replicas_match_single_engine_with_adapter_affinity(cluster, single):
+    models = [BASE] + ADAPTERS
+    # warm-up: each adapter once, so each has a home replica before the load
+    warm = asyncio.run(_complete_all(cluster, [(m, _prompt(0), 2) for m in ADAPTERS]))
+    assert all(s == 200 for s, *_ in warm), warm
+    jobs = [(models[i % 5], _prompt(i), 3 + i % 6) for i in range(50)]
+    got = asyncio.run(_complete_all(cluster, jobs))
+    ref = asyncio.run(_complete_all(single.url, jobs))
+    where: dict[str, Counter] = defaultdict(Counter)
+    for (m, p, n), (st, body, rep, _), (rst, rbody, _, _) in zip(jobs, got, ref):
+        assert st == 200 and rst == 200, (body, rbody)
+        assert body["choices"][0]["text"] == rbody["choices"][0]["text"], (m, p)
+        assert body["usage"] == rbody["usage"] and body["model"] == m
+        assert rep, "missing x-frod-rt-replica"
+        where[m][rep] += 1
+    # the adapters change the outputs (so the comparison above means something)
+    base_text = {p: b["choices"][0]["text"] for (m, p, n), (_, b, _, _) in zip(jobs, ref)
+                 if m == BASE}
+    assert len({rep for c in where.values() for rep in c}) == 2, where   # both replicas serve
+    for m in ADAPTERS:
+        top = where[m].most_common(1)[0][1]
+        assert top >= 0.8 * sum(where[m].values()), (m, where[m])
+    assert base_text
+
+    # streaming through the router equals the single server's stream
+    sjobs = [(ADAPTERS[1], _prompt(3), 8), (BASE, _prompt(4), 5)]
+    sgot = asyncio.run(_complete_all(cluster, sjobs, stream=True))
+    sref = asyncio.run(_complete_all(single.url, sjobs, stream=True))
+    for (st, lines, rep, hdrs), (_, rlines, _, _) in zip(sgot, sref):
+        assert st == 200 and rep and hdrs["content-type"].startswith("text/event-stream")
+        assert _stream_text(lines) == _stream_text(rlines)
+        assert len(lines) > 2
+
+    # models, errors and the header on router-made answers
+    r = httpx.get(cluster + "/v1/models")
+    assert [d["id"] for d in r.json()["data"]] == [BASE] + ADAPTERS
+    assert r.headers[REPLICA_HEADER].startswith("router:")
+    r = httpx.post(cluster + "/v1/completions", json={"model": "nope", "prompt": "a"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.post(cluster + "/v1/completions",
+                   json={"model": "ad0", "prompt": "a", "max_tokens": 0})
+    assert r.status_code == 400 and r.headers[REPLICA_HEADER]       # the replica's own check
+
+
+def test_health_and_metrics_aggregate_the_replicas(cluster, single):
+    body = _wait_health(cluster, replicas_ok=2, timeout=30)
+    assert body["replicas_expected"] == 2 and not body["degraded"]
+    assert all(v["threads"] == 1 for v in body["replicas"].values())
+    before = _metric(cluster, "requests_total")
+    jobs = [(m, _prompt(i), 2) for i, m in enumerate([BASE] + ADAPTERS) for _ in range(2)]
+    res = asyncio.run(_complete_all(cluster, jobs))
+    assert all(s == 200 for s, *_ in res)
+    deadline = time.monotonic() + 20
+    while _metric(cluster, "requests_total") - before < len(jobs):
+        assert time.monotonic() < deadline, "aggregated requests_total did not grow"
+        time.sleep(0.3)
+    assert _metric(cluster, "replicas") == 2
+    text = httpx.get(cluster + "/metrics").text
+    assert text.count('frod_rt_replica_up{replica="') == 2
+    assert text.count("# TYPE frod_rt_requests_total counter") == 1
+
+
+def test_killed_replica_loses_no_request_and_recovers(cluster, single):
+    health = _wait_health(cluster, replicas_ok=2, timeout=60)
+    victim = next(iter(health["replicas"].values()))
+    jobs = [((BASE, *ADAPTERS)[i % 5], _prompt(i), 24) for i in range(30)]
+    ref = asyncio.run(_complete_all(single.url, jobs))
+
+    async def load_and_kill():
+        async def killer():
+            await asyncio.sleep(1.0)                      # the load is in flight
+            os.kill(victim["pid"], signal.SIGKILL)
+        plain = _complete_all(cluster, jobs[:20])
+        streamed = _complete_all(cluster, jobs[20:], stream=True)
+        return await asyncio.gather(plain, streamed, killer())
+
+    plain, streamed, _ = asyncio.run(load_and_kill())
+    ok = failed = 0
+    for (st, body, rep, hdrs), (_, rbody, _, _) in zip(plain, ref[:20]):
+        if st == 200:
+            assert body["choices"][0]["text"] == rbody["choices"][0]["text"]
+            ok += 1
+        else:           # retryable, clear, and only from the replica that died
+            assert st == 503, body
+            assert body["error"]["code"] == "replica_unavailable"
+            assert hdrs["retry-after"] == "1"
+            failed += 1
+    for (st, lines, rep, hdrs), (_, rbody, _, _) in zip(streamed, ref[20:]):
+        if st == 503:
+            failed += 1
+            continue
+        assert st == 200
+        text, err = _stream_text(lines)
+        if err is None:
+            assert text == rbody["choices"][0]["text"]
+            ok += 1
+        else:
+            assert err["error"]["code"] == "replica_unavailable"
+            failed += 1
+    assert ok + failed == len(jobs)
+    print(f"killed replica {victim['replica']}: {ok} answered, {failed} retryable 503")
+    assert ok > 0
+    # Ray Serve restarts the replica; the deployment serves every model again
+    _wait_health(cluster, replicas_ok=2, timeout=120, exclude_pids=[victim["pid"]])
+    after = asyncio.run(_complete_all(cluster, jobs[:10]))
+    for (st, body, _, _), (_, rbody, _, _) in zip(after, ref[:10]):
+        assert st == 200 and body["choices"][0]["text"] == rbody["choices"][0]["text"]
