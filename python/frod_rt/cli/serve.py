@@ -7,6 +7,7 @@ model's name (its directory's basename, or ``--served-name``) selects no adapter
 from __future__ import annotations
 
 import argparse
+from . import serve_ray
 from .common import CLIError, adapter_specs, add_engine_options, load_engine
 
 
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     add_engine_options(p)
+    serve_ray.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -55,7 +57,10 @@ def run(args) -> int:
         raise CLIError(f"--max-queue must be >= 1, got {args.max_queue}")
     if args.default_max_tokens < 1:
         raise CLIError(f"--default-max-tokens must be >= 1, got {args.default_max_tokens}")
+    serve_ray.check_options(args)
     check_port(args.host, args.port)
+    if args.replicas > 1:
+        return serve_ray.run(args)
     adapters = adapter_specs(args.adapter)
     eng = load_engine(args.base, adapters, args, max_waiting=args.max_queue)
     if eng.is_encoder:
