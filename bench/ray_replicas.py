@@ -87,16 +87,10 @@ def main(argv=None) -> int:
                     load="concurrent httpx clients in the benchmark process, evenly over "
                          "base + 4 adapters")
     res = Results("ray_replicas", "cpu", False, machine, settings)
-    py_dir = str(Path(__file__).resolve().parents[1] / "python")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [py_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     medians = {}
     with tempfile.TemporaryDirectory() as tmp:
         base, adapters = _model(Path(tmp), args.hidden, args.layers)
         models = ["benchbase"] + list(adapters)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
         try:
             port = free_port()
             for n in args.replicas:
@@ -104,7 +98,7 @@ def main(argv=None) -> int:
                                 engine_options={"cache_dir": str(Path(tmp) / "cache")},
                                 threads_per_replica=1, replica_cpus=1,
                                 adapters_per_replica=4)
-                run_app(app, host="127.0.0.1", port=port)
+                run_app(app, host="127.0.0.1", port=port, num_cpus=os.cpu_count())
                 url = f"http://127.0.0.1:{port}"
                 asyncio.run(_round(url, models, 2 * len(models), 2))       # warm-up
                 rates = []

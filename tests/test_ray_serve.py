@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -72,20 +71,14 @@ def single(toy):
 def cluster(toy):
     """Ray (2 CPUs, no dashboard, loopback) + Serve with 2 engine replicas; torn down
     whatever happens."""
-    py_dir = str(Path(__file__).resolve().parents[1] / "python")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [py_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     port = free_port()
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
         app = build_app(toy["base"], {n: str(p) for n, p in toy["adapters"].items()},
                         replicas=2, engine_options={"cache_dir": str(toy["cache"]),
                                                     "device_adapter_capacity": 4},
                         threads_per_replica=1, replica_cpus=1, adapters_per_replica=4,
                         health_check_period_s=1.0, report_period_s=0.25)
-        run_app(app, host="127.0.0.1", port=port)
+        run_app(app, host="127.0.0.1", port=port, num_cpus=2)   # starts the local Ray
         url = f"http://127.0.0.1:{port}"
         _wait_health(url, replicas_ok=2, timeout=120)
         yield url

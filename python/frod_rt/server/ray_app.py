@@ -458,16 +458,42 @@ def build_app(base, adapters: dict | None = None, replicas: int = 2, *,
     return router_dep.bind(engine_dep.bind(spec), spec)
 
 
+def worker_env() -> dict:
+    """``{"PYTHONPATH": ...}`` that lets local Ray workers import the ``frod_rt`` this
+    process runs when it is not installed in site-packages (a source checkout run with
+    ``PYTHONPATH=python``): its absolute source root first. Empty when installed."""
+    import site
+
+    import frod_rt
+    src = str(Path(frod_rt.__file__).resolve().parents[1])
+    sites = {str(Path(p).resolve()) for p in site.getsitepackages()}
+    if src in sites:
+        return {}
+    parts = [src] + [str(Path(p).resolve())
+                     for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
+
+
 def run_app(app, host: str = "127.0.0.1", port: int = 8000, *, ray_address: str | None = None,
             num_cpus: int | None = None, app_name: str = APP_NAME):
     """Start Ray (a local one, or join ``ray_address``) and Serve's HTTP proxy on
     ``host:port``, deploy ``app`` under ``app_name`` and wait until every replica is up.
-    Returns the router's ``DeploymentHandle``. ``serve.shutdown()`` undoes it."""
+    A local Ray gets ``num_cpus`` CPUs (default: all), no dashboard, and workers that import
+    the same ``frod_rt`` as this process (``worker_env``). Returns the router's
+    ``DeploymentHandle``. ``serve.shutdown()`` and ``ray.shutdown()`` undo it."""
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "log_to_driver": False}
         if ray_address:
             ray.init(address=ray_address, **kw)
         else:
-            ray.init(num_cpus=num_cpus, **kw)
+            saved = os.environ.get("PYTHONPATH")
+            os.environ.update(worker_env())     # the local workers inherit it
+            try:
+                ray.init(num_cpus=num_cpus, **kw)
+            finally:
+                if saved is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     return serve.run(app, name=app_name, route_prefix="/")
