@@ -54,7 +54,9 @@ def toy(tmp_path_factory):
     for i, name in enumerate(ADAPTERS):
         random_adapter(model, root / name, TARGETS[i], seed=10 + i, cache_dir=cache)
         adapters[name] = root / name
-    return {"base": base, "cache": cache, "adapters": adapters}
+    spare = root / "spare"                   # loaded at run time
+    random_adapter(model, spare, TARGETS[0], seed=99, cache_dir=cache)
+    return {"base": base, "cache": cache, "adapters": adapters, "spare": spare}
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +257,34 @@ def test_killed_replica_loses_no_request_and_recovers(cluster, single):
     after = asyncio.run(_complete_all(cluster, jobs[:10]))
     for (st, body, _, _), (_, rbody, _, _) in zip(after, ref[:10]):
         assert st == 200 and body["choices"][0]["text"] == rbody["choices"][0]["text"]
+
+
+def test_adapters_loaded_and_deleted_at_run_time(cluster, single, toy):
+    p, n = _prompt(11), 6
+    spare, ad1 = str(toy["spare"]), str(toy["adapters"]["ad1"])
+    assert httpx.post(single.url + "/v1/adapters",
+                      json={"name": "extra", "path": spare}).status_code == 201
+    r = httpx.post(cluster + "/v1/adapters", json={"name": "extra", "path": spare}, timeout=60)
+    assert r.status_code == 201 and r.json()["id"] == "extra"
+    assert "extra" in [d["id"] for d in httpx.get(cluster + "/v1/models").json()["data"]]
+    got = asyncio.run(_complete_all(cluster, [("extra", p, n)]))[0]
+    ref = asyncio.run(_complete_all(single.url, [("extra", p, n)]))[0]
+    assert got[0] == 200 and got[1]["choices"][0]["text"] == ref[1]["choices"][0]["text"]
+    # a name taken, a missing directory, the base's name: the single server's answers
+    assert httpx.post(cluster + "/v1/adapters",
+                      json={"name": "extra", "path": spare}).status_code == 409
+    r = httpx.post(cluster + "/v1/adapters", json={"name": "x2", "path": spare + "-nope"},
+                   timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "path"
+    assert httpx.post(cluster + "/v1/adapters",
+                      json={"name": BASE, "path": spare}).status_code == 400
+    # delete, then the same name for another file: the replicas serve the new file
+    assert httpx.delete(cluster + "/v1/adapters/extra").json()["deleted"] is True
+    r = httpx.post(cluster + "/v1/completions", json={"model": "extra", "prompt": p})
+    assert r.status_code == 404
+    assert httpx.post(cluster + "/v1/adapters",
+                      json={"name": "extra", "path": ad1}, timeout=60).status_code == 201
+    got = asyncio.run(_complete_all(cluster, [("extra", p, n)] * 3))
+    ref = asyncio.run(_complete_all(single.url, [("ad1", p, n)]))[0]
+    assert all(g[0] == 200 and g[1]["choices"][0]["text"] == ref[1]["choices"][0]["text"]
+               for g in got)
