@@ -149,6 +149,14 @@ def test_two_replicas_match_single_engine_with_adapter_affinity(cluster, single)
     # warm-up: each adapter once, so each has a home replica before the load
     warm = asyncio.run(_complete_all(cluster, [(m, _prompt(0), 2) for m in ADAPTERS]))
     assert all(s == 200 for s, *_ in warm), warm
+    deadline = time.monotonic() + 20          # Serve learns where each adapter is resident
+    while True:
+        reps = httpx.get(cluster + "/health", timeout=10).json()["replicas"].values()
+        if set(ADAPTERS) <= {a for v in reps for a in v["resident_adapters"]}:
+            break
+        assert time.monotonic() < deadline, list(reps)
+        time.sleep(0.25)
+    time.sleep(1.0)
     jobs = [(models[i % 5], _prompt(i), 3 + i % 6) for i in range(50)]
     got = asyncio.run(_complete_all(cluster, jobs))
     ref = asyncio.run(_complete_all(single.url, jobs))

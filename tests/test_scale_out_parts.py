@@ -103,3 +103,39 @@ def test_serve_replicas_without_ray_is_a_clear_error(monkeypatch, capsys, base):
     assert "--replicas 2 needs Ray Serve" in err and "pip install 'frod-rt[ray]'" in err
     assert main(["serve", "--base", str(base), "--replicas", "0"]) == 2
     assert "--replicas must be >= 1" in capsys.readouterr().err
+
+
+def test_evicted_adapter_waits_for_its_requests_then_leaves_the_engine(base, tmp_path):
+    """``ray_app._Resident.__del__`` (what Ray Serve's multiplex LRU calls on eviction)."""
+    pytest.importorskip("ray.serve")
+    import threading
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from frod_rt.engine.toy import random_adapter, toy_llama, toy_tokenizer
+    from frod_rt.server.ray_app import _Resident
+
+    model = toy_llama(vocab_size=len(toy_tokenizer()), hidden=32, intermediate=48, std=0.1,
+                      seed=3)
+    random_adapter(model, tmp_path / "ad", ["q_proj"], seed=1, cache_dir=tmp_path / "c")
+    eng = Engine.load(base, adapters={"ad": tmp_path / "ad"}, cache_dir=tmp_path / "c")
+    try:
+        rep = SimpleNamespace(engine=eng, in_use=Counter(ad=1), generation={"ad": 0})
+        res = _Resident(rep, "ad", 0)
+        t = threading.Thread(target=res.__del__)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and "ad" in eng.adapters()     # a request still uses it
+        rep.in_use["ad"] -= 1
+        t.join(10)
+        assert not t.is_alive() and "ad" not in eng.adapters()
+        assert "ad" not in rep.generation
+        # an older generation's object never removes the newer load of the same name
+        eng.add_adapter("ad", tmp_path / "ad")
+        rep.generation["ad"] = 2
+        _Resident(rep, "ad", 1).__del__()
+        assert "ad" in eng.adapters()
+        res.__del__()                                      # second call (GC): nothing
+        assert "ad" in eng.adapters()
+    finally:
+        eng.close()
