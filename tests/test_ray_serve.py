@@ -185,6 +185,15 @@ def test_two_replicas_match_single_engine_with_adapter_affinity(cluster, single)
         assert _stream_text(lines) == _stream_text(rlines)
         assert len(lines) > 2
 
+    # chat through the router equals the single server's
+    chat = {"model": ADAPTERS[2], "messages": [{"role": "user", "content": _prompt(9)}],
+            "max_tokens": 6, "temperature": 0}
+    got_c = httpx.post(cluster + "/v1/chat/completions", json=chat, timeout=60)
+    ref_c = httpx.post(single.url + "/v1/chat/completions", json=chat, timeout=60)
+    assert got_c.status_code == 200 and got_c.headers[REPLICA_HEADER]
+    assert (got_c.json()["choices"][0]["message"]
+            == ref_c.json()["choices"][0]["message"])
+
     # models, errors and the header on router-made answers
     r = httpx.get(cluster + "/v1/models")
     assert [d["id"] for d in r.json()["data"]] == [BASE] + ADAPTERS
