@@ -156,10 +156,12 @@ def _engine_replica_class(adapters_per_replica: int):
             return _Resident(self, name, gen)
 
         async def handle(self, method: str, path: str, query: bytes, headers: list,
-                         body: bytes, adapter_path: str | None = None):
-            """Answer one HTTP request with the in-process app. Yields
-            ``("start", status, headers, body or None, replica id)``, then the body chunks
-            of a stream. The adapter is the request's multiplexed model id."""
+                         body: bytes, adapter_path: str | None = None,
+                         client: tuple = ("127.0.0.1", 0)):
+            """Answer one HTTP request with the in-process app (``client``: the caller's
+            address as the router saw it). Yields ``("start", status, headers, body or
+            None, replica id)``, then the body chunks of a stream. The adapter is the
+            request's multiplexed model id."""
             model_id = serve.get_multiplexed_model_id()
             name = None
             if model_id:
@@ -176,7 +178,8 @@ def _engine_replica_class(adapters_per_replica: int):
                 self.in_use[name] += 1
             try:
                 first = True
-                async for part in call_app(self.app, method, path, query, headers, body):
+                async for part in call_app(self.app, method, path, query, headers, body,
+                                           client=tuple(client)):
                     if first:
                         first = False
                         yield (*part, self.replica_id)
@@ -374,8 +377,10 @@ def _router_class():
                 apath, gen = self.catalog[model]
                 handle = handle.options(multiplexed_model_id=f"{model}@{gen}")
             headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"host"]
+            client = ((request.client.host, request.client.port) if request.client
+                      else ("127.0.0.1", 0))
             gen_ = handle.remote(request.method, request.url.path,
-                                 request.url.query.encode(), headers, body, apath)
+                                 request.url.query.encode(), headers, body, apath, client)
             try:
                 _, status, hdrs, full, replica = await gen_.__anext__()
             except _REPLICA_GONE as e:
