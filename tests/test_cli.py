@@ -4,26 +4,19 @@ trip through the real ``frod-rt serve`` process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
+from serve_process import child_env, start_serve, stop, wait_ready
 
-import frod_rt
 from frod_rt.cli import main
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
 from frod_rt.server import free_port
 
-# the child processes import the same frod_rt as this one (installed or in-tree)
-PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
 COMMANDS = ["decompose", "train", "inspect", "generate", "serve"]
 
 
@@ -45,10 +38,7 @@ def toy(tmp_path_factory):
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYTHON_DIR + (os.pathsep + env["PYTHONPATH"]
-                                      if env.get("PYTHONPATH") else "")
-    return env
+    return child_env()
 
 
 def _bad(capsys, argv, *words):
@@ -192,23 +182,12 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
          "--overwrite")
 
     port = free_port()
-    cmd = [sys.executable, "-m", "frod_rt.cli", "serve", "--base", str(toy["base"]),
-           "--adapter", f"tuned={out}", "--port", str(port), "--cache-dir", str(toy["cache"]),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = start_serve(["--base", str(toy["base"]), "--adapter", f"tuned={out}",
+                        "--port", str(port), "--cache-dir", str(toy["cache"]),
+                        "--log-level", "warning"], _env())
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "frod-rt serve did not come up"
-            time.sleep(0.3)
+        wait_ready(proc, url)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "tuned"]
         texts = {}
@@ -223,13 +202,7 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
                            ignore_eos=True)[0]
         assert texts["tuned"] == ref.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-    err = proc.stderr.read()
+        rc, stdout, err = stop(proc)
     assert rc == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
     assert "Traceback" not in err
-    assert "frod-rt serve: stopped" in proc.stdout.read()
+    assert "frod-rt serve: stopped" in stdout

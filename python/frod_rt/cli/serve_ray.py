@@ -80,10 +80,14 @@ def run(args) -> int:
                     replica_cpus=args.replica_cpus, replica_gpus=gpus,
                     adapters_per_replica=args.adapters_per_replica)
     stop = threading.Event()
-    try:
-        run_app(app, host=args.host, port=args.port, ray_address=args.ray_address)
-        for sig in (signal.SIGINT, signal.SIGTERM):      # after Ray's own set-up
+
+    def on_signals():       # after ray.init, which installs a handler that aborts
+        for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+
+    try:
+        run_app(app, host=args.host, port=args.port, ray_address=args.ray_address,
+                after_init=on_signals)
         name = args.served_name or base.name
         print(f"serving {name} + {len(adapters)} adapter(s) on http://{args.host}:{args.port}"
               f"/v1 with {args.replicas} replicas (Ray Serve)", flush=True)

@@ -480,12 +480,14 @@ def worker_env() -> dict:
 
 
 def run_app(app, host: str = "127.0.0.1", port: int = 8000, *, ray_address: str | None = None,
-            num_cpus: int | None = None, app_name: str = APP_NAME):
+            num_cpus: int | None = None, app_name: str = APP_NAME, after_init=None):
     """Start Ray (a local one, or join ``ray_address``) and Serve's HTTP proxy on
     ``host:port``, deploy ``app`` under ``app_name`` and wait until every replica is up.
     A local Ray gets ``num_cpus`` CPUs (default: all), no dashboard, and workers that import
     the same ``frod_rt`` as this process (``worker_env``). Returns the router's
-    ``DeploymentHandle``. ``serve.shutdown()`` and ``ray.shutdown()`` undo it."""
+    ``DeploymentHandle``. ``serve.shutdown()`` and ``ray.shutdown()`` undo it.
+    ``after_init()`` is called once Ray is up, before deploying (``frod-rt serve`` installs
+    its SIGINT/SIGTERM handlers there: ``ray.init`` replaces them with one that aborts)."""
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "log_to_driver": False}
         if ray_address:
@@ -500,5 +502,7 @@ def run_app(app, host: str = "127.0.0.1", port: int = 8000, *, ray_address: str 
                     os.environ.pop("PYTHONPATH", None)
                 else:
                     os.environ["PYTHONPATH"] = saved
+    if after_init is not None:
+        after_init()
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     return serve.run(app, name=app_name, route_prefix="/")
