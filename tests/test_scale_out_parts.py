@@ -105,6 +105,25 @@ def test_serve_replicas_without_ray_is_a_clear_error(monkeypatch, capsys, base):
     assert "--replicas must be >= 1" in capsys.readouterr().err
 
 
+def test_serve_replicas_more_than_local_resources(capsys, base):
+    """Refused before Ray starts (Serve would wait forever for the missing resources)."""
+    pytest.importorskip("ray.serve")
+    import os
+
+    import torch
+
+    from frod_rt.server import free_port
+    n = (os.cpu_count() or 1) + 1
+    port = str(free_port())
+    assert main(["serve", "--base", str(base), "--replicas", str(n), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"needs {n} CPUs" in err and "--replica-cpus" in err
+    if torch.cuda.device_count() < 2:
+        assert main(["serve", "--base", str(base), "--replicas", "2", "--port", port,
+                     "--replica-cpus", "0.5", "--replica-gpus", "1"]) == 2
+        assert "GPUs; this machine has" in capsys.readouterr().err
+
+
 def test_evicted_adapter_waits_for_its_requests_then_leaves_the_engine(base, tmp_path):
     """``ray_app._Resident.__del__`` (what Ray Serve's multiplex LRU calls on eviction)."""
     pytest.importorskip("ray.serve")

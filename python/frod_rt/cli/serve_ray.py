@@ -52,6 +52,22 @@ def check_options(args) -> None:
         raise CLIError("--replica-cpus / --replica-gpus must be >= 0")
 
 
+def check_local_resources(replicas: int, cpus: float, gpus: float) -> None:
+    """CLIError when a local Ray could not place every replica (Serve would wait forever)."""
+    import os
+    have = os.cpu_count() or 1
+    if replicas * cpus > have:
+        raise CLIError(f"--replicas {replicas} x --replica-cpus {cpus:g} needs "
+                       f"{replicas * cpus:g} CPUs; this machine has {have} (lower "
+                       "--replica-cpus, e.g. 0.5, or join a cluster with --ray-address)")
+    if gpus:
+        import torch
+        ngpu = torch.cuda.device_count()
+        if replicas * gpus > ngpu:
+            raise CLIError(f"--replicas {replicas} x --replica-gpus {gpus:g} needs "
+                           f"{replicas * gpus:g} GPUs; this machine has {ngpu}")
+
+
 def run(args) -> int:
     """Validate the adapters (files only: each replica checks them against the base when it
     first loads one), start Ray + Serve, deploy, serve until SIGINT/SIGTERM."""
@@ -68,6 +84,8 @@ def run(args) -> int:
     gpus = args.replica_gpus
     if gpus is None:
         gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
+    if not args.ray_address:
+        check_local_resources(args.replicas, args.replica_cpus, gpus)
     threads = args.replica_threads or max(1, int(round(args.replica_cpus)))
 
     import ray
