@@ -1,7 +1,9 @@
 """``frod-rt serve`` as a child process in tests: its environment, waiting until it
-answers, and stopping it with SIGTERM (the graceful shutdown, exit 0)."""
+answers, and stopping it with SIGTERM (the graceful shutdown, exit 0). ``serve_process`` is
+the context manager built on ``start_serve`` / ``wait_ready`` / ``stop``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 
 import frod_rt
+from frod_rt.server import free_port
 
 # the child processes import the same frod_rt as this one (installed or in-tree)
 PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
@@ -48,12 +51,32 @@ def wait_ready(proc: subprocess.Popen, url: str, ready=lambda r: r.status_code =
         time.sleep(0.3)
 
 
-def stop(proc: subprocess.Popen, timeout: float = 90) -> tuple[int, str, str]:
-    """SIGTERM, wait (kill after ``timeout`` s): (exit code, stdout, stderr)."""
+def terminate(proc: subprocess.Popen, timeout: float = 90) -> int:
+    """SIGTERM, wait (kill after ``timeout`` s): the exit code. The pipes stay unread."""
     proc.send_signal(signal.SIGTERM)
     try:
-        rc = proc.wait(timeout)
+        return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        rc = proc.wait()
+        return proc.wait()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 90) -> tuple[int, str, str]:
+    """``terminate``, then read the pipes: (exit code, stdout, stderr)."""
+    rc = terminate(proc, timeout)
     return rc, proc.stdout.read(), proc.stderr.read()
+
+
+@contextlib.contextmanager
+def serve_process(args: list[str], startup_s: float = 240, env: dict | None = None):
+    """Start ``frod-rt serve ARGS --port <free>`` and wait for /health; yields
+    (process, base URL). On exit sends SIGTERM and waits (``terminate``); the test checks
+    ``proc.returncode`` and reads ``proc.stdout`` / ``proc.stderr`` afterwards."""
+    port = free_port()
+    proc = start_serve([*args, "--port", str(port)], env or child_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, timeout=startup_s)
+        yield proc, url
+    finally:
+        terminate(proc, 60)

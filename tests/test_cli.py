@@ -9,13 +9,12 @@ import sys
 
 import openai
 import pytest
-from serve_process import child_env, start_serve, stop, wait_ready
+from serve_process import child_env, serve_process
 
 from frod_rt.cli import main
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
-from frod_rt.server import free_port
 
 COMMANDS = ["decompose", "train", "inspect", "generate", "serve"]
 
@@ -35,10 +34,6 @@ def toy(tmp_path_factory):
             {"text": "once upon a time there was a small model ."}]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return {"root": root, "base": base, "cache": cache, "adapter": adapter, "data": data}
-
-
-def _env():
-    return child_env()
 
 
 def _bad(capsys, argv, *words):
@@ -108,7 +103,7 @@ def test_bad_input_exit_2(toy, capsys, tmp_path):
 def test_console_entry_point_bad_input(tmp_path):
     """The real process: exit code 2, one line on stderr, no traceback."""
     p = subprocess.run([sys.executable, "-m", "frod_rt.cli", "inspect", str(tmp_path / "x")],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+                       capture_output=True, text=True, env=child_env(), timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
         f"frod-rt inspect: error: adapter directory not found: {tmp_path / 'x'}"]
@@ -181,13 +176,9 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
     _bad(capsys, ["train", str(toy["base"]), "--data", str(toy["data"]), "--out", str(out)],
          "--overwrite")
 
-    port = free_port()
-    proc = start_serve(["--base", str(toy["base"]), "--adapter", f"tuned={out}",
-                        "--port", str(port), "--cache-dir", str(toy["cache"]),
-                        "--log-level", "warning"], _env())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
+    args = ["--base", str(toy["base"]), "--adapter", f"tuned={out}",
+            "--cache-dir", str(toy["cache"]), "--log-level", "warning"]
+    with serve_process(args) as (proc, url):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "tuned"]
         texts = {}
@@ -201,8 +192,15 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
         ref = eng.generate("the quick brown fox", adapter="tuned", max_tokens=8,
                            ignore_eos=True)[0]
         assert texts["tuned"] == ref.text
-    finally:
-        rc, stdout, err = stop(proc)
-    assert rc == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
     assert "Traceback" not in err
-    assert "frod-rt serve: stopped" in stdout
+    assert "frod-rt serve: stopped" in proc.stdout.read()
+
+
+def test_train_defaults_are_the_papers_for_causal_lms():
+    """``frod-rt train`` (causal LMs only) defaults to the paper's LLaMA settings: LR 1e-5 for
+    s, 1e-4 for dl, sparse rate 0.02."""
+    from frod_rt.cli import build_parser
+    args = build_parser().parse_args(["train", "base", "--data", "d.jsonl", "--out", "o"])
+    assert (args.lr_s, args.lr_dl, args.sparse_rate) == (1e-5, 1e-4, 0.02)

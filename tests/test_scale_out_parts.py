@@ -82,8 +82,47 @@ def test_merge_metrics_sums_samples_over_replicas():
     assert s["frod_rt_tps"] == 1.75
     assert s["frod_rt_replicas"] == 2
     assert s['frod_rt_replica_up{replica="r1"}'] == 1
-    assert text.count("# TYPE frod_rt_requests_total counter") == 1
+    assert text.count("# TYPE frod_rt_requests counter") == 1
     assert parse_samples(merge_metrics({}))[1]["frod_rt_replicas"] == 0
+
+
+def test_merge_metrics_of_the_servers_prometheus_pages(base):
+    """Two replicas' real /metrics pages (prometheus_client, histograms and per-adapter
+    counters) merge into one page that prometheus_client parses, each family once with its
+    type, every sample the sum (here: twice one page's), ``_created`` dropped."""
+    from prometheus_client.parser import text_string_to_metric_families
+    eng = Engine.load(base)
+    app = create_app(eng)
+    req = {"model": "toybase", "prompt": "the quick fox", "max_tokens": 3, "temperature": 0}
+
+    async def go():
+        life = Lifespan(app)
+        await life.startup()
+        try:
+            async for _ in call_app(app, "POST", "/v1/completions", b"",
+                                    [(b"content-type", b"application/json")],
+                                    json.dumps(req).encode()):
+                pass
+            return [p async for p in call_app(app, "GET", "/metrics")][0][3].decode()
+        finally:
+            await life.shutdown()
+
+    try:
+        page = asyncio.run(go())
+    finally:
+        eng.close()
+    one = parse_samples(page)[1]
+    merged = merge_metrics({"r1": page, "r2": page})
+    fams = {f.name: f for f in text_string_to_metric_families(merged)}   # parses
+    types = {f.name: f.type for f in text_string_to_metric_families(page)}
+    assert {n: fams[n].type for n in types} == types
+    assert any(t == "histogram" for t in types.values())
+    assert all(merged.count(f"# TYPE {n} ") == 1 for n in types)
+    two = parse_samples(merged)[1]
+    kept = {k: v for k, v in one.items() if "_created" not in k.split("{")[0]}
+    assert kept and all(two[k] == 2 * v for k, v in kept.items())
+    assert one["frod_rt_requests_total"] >= 1
+    assert not any("_created" in k.split("{")[0] for k in two)
 
 
 def test_merge_health_counts_ok_replicas():

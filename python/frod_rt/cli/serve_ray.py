@@ -68,9 +68,10 @@ def check_local_resources(replicas: int, cpus: float, gpus: float) -> None:
                            f"{replicas * gpus:g} GPUs; this machine has {ngpu}")
 
 
-def run(args) -> int:
+def run(args, config) -> int:
     """Validate the adapters (files only: each replica checks them against the base when it
-    first loads one), start Ray + Serve, deploy, serve until SIGINT/SIGTERM."""
+    first loads one), start Ray + Serve, deploy, serve until SIGINT/SIGTERM. ``config``: the
+    ``ServerConfig`` built from the security options, as in single-process mode."""
     from ..method.adapter_io import read_adapter
     base = existing_dir(args.base, "base model directory")
     adapters = adapter_specs(args.adapter)
@@ -96,7 +97,7 @@ def run(args) -> int:
                     served_name=args.served_name, default_max_tokens=args.default_max_tokens,
                     engine_options=opts, threads_per_replica=threads,
                     replica_cpus=args.replica_cpus, replica_gpus=gpus,
-                    adapters_per_replica=args.adapters_per_replica)
+                    adapters_per_replica=args.adapters_per_replica, config=config)
     stop = threading.Event()
 
     def on_signals():       # after ray.init, which installs a handler that aborts

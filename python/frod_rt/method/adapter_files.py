@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFile, LayerDelta,
                          check_against)
-from .config import FrodConfig, check_adapter_name, pattern_seed_string
+from .config import FrodConfig, check_adapter_name
+from .patterns import delta_pattern
+from . import saved_modules as _saved
 
 
 def export_adapter(fm, name: str) -> AdapterFile:
@@ -34,7 +36,27 @@ def export_adapter(fm, name: str) -> AdapterFile:
     config = AdapterConfig(FORMAT_VERSION, fm.fingerprint,
                            [cfg.target_modules] if regex else list(cfg.target_modules),
                            cfg.sparse_rate, cfg.seed, cfg.alpha, cats, extra)
-    return AdapterFile(name, config, layers)
+    modules = {m: {k: t.detach().cpu().clone() for k, t in c.state_dict().items()}
+               for m, c in _saved.copies_of(fm, name).items()}
+    return AdapterFile(name, config, layers, modules)
+
+
+def _check_modules(fm, adapter: AdapterFile, name: str) -> None:
+    """Every saved module exists in the model with the same state-dict keys and shapes."""
+    for mname, sd in adapter.modules.items():
+        try:
+            base = fm.model.get_submodule(mname)
+        except AttributeError:
+            raise AdapterError(f"adapter {name!r}: modules_to_save module {mname!r} does not "
+                               "exist in this model") from None
+        own = base.state_dict()
+        if set(own) != set(sd):
+            raise AdapterError(f"adapter {name!r}: module {mname!r} has keys {sorted(own)}, the "
+                               f"file has {sorted(sd)}")
+        for k, t in sd.items():
+            if tuple(own[k].shape) != tuple(t.shape):
+                raise AdapterError(f"adapter {name!r}: {mname}.{k} has shape {tuple(t.shape)}, "
+                                   f"the model's is {tuple(own[k].shape)}")
 
 
 def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
@@ -48,7 +70,9 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
     if name in fm.adapter_configs:
         raise ValueError(f"adapter {name!r} already exists; delete_adapter() it or load under "
                          "another name")
-    check_against(adapter, fm.decomposition)
+    decomposition = fm.decomposition
+    check_against(adapter, decomposition)
+    _check_modules(fm, adapter, name)
     cfg = adapter.config
     layers = fm.frod_layers()
     covered = {n for c in cfg.categories.values() for n in c["layers"]}
@@ -63,33 +87,29 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
                 raise AdapterError(f"adapter {name!r}: layer {lname!r} values have shapes "
                                    f"{tuple(d.dl.shape)}, {tuple(d.s.shape)}; expected "
                                    f"({m.in_features},), ({c['k']},)")
-            if d.rows is not None:
-                pattern = (d.rows, d.cols)
-            else:
-                pattern = (key, c["k"])
-            plan.append((m, d, pattern))
+            plan.append((m, d, delta_pattern(d, decomposition, key, cfg.seed)))
     regex = bool(cfg.extra.get("target_modules_is_regex"))
     try:
         config = FrodConfig(target_modules=cfg.target_modules[0] if regex else cfg.target_modules,
                             sparse_rate=cfg.sparse_rate, seed=cfg.seed, alpha=cfg.alpha,
                             param_dtype=next(iter(adapter.layers.values())).dl.dtype,
                             extra={k: v for k, v in cfg.extra.items()
-                                   if k != "target_modules_is_regex"})
+                                   if k != "target_modules_is_regex"},
+                            modules_to_save=sorted(adapter.modules) or None)
     except (TypeError, ValueError) as e:
         raise AdapterError(f"adapter {name!r}: bad config ({e})") from None
     added = []
     try:
         for m, d, pattern in plan:
-            if isinstance(pattern[0], str):
-                key, k = pattern
-                fp = fm._categories[key][3] or fm.fingerprint
-                pname = fm.state.shared_pattern(pattern_seed_string(fp, cfg.seed), key,
-                                                m.in_features, k)
-                pattern = ("shared", pname)
-            m.add_adapter(name, d.dl.detach().clone(), d.s.detach().clone(), pattern)
+            ref = (pattern.rows, pattern.cols) if d.rows is not None else \
+                ("shared", fm.state.shared_pattern(pattern))
+            m.add_adapter(name, d.dl.detach().clone(), d.s.detach().clone(), ref)
             added.append(m)
+        for mname, sd in adapter.modules.items():
+            _saved.add_copy(fm, mname, name, sd)
     except Exception:
         for m in added:
             m.delete_adapter(name)
+        _saved.remove_copies(fm, name)
         raise
     fm.adapter_configs[name] = config

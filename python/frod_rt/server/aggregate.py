@@ -1,70 +1,67 @@
 """Summing the ``/metrics`` and ``/health`` answers of several engine replicas into one.
 
 Each replica serves the single-process app (``create_app``), so its ``/metrics`` is the
-Prometheus text of ``metrics.render``. The aggregate keeps every ``# HELP`` / ``# TYPE``
-line once and sums the samples that have the same name and labels over the replicas
-(counters add up; so do the gauges exported, which count requests, tokens per second,
-queue depths and adapters). It adds ``frod_rt_replicas`` (replicas reporting) and
-``frod_rt_replica_up{replica}``.
+Prometheus text of ``metrics.ServerMetrics.render`` (``prometheus_client``). The pages are
+parsed with ``prometheus_client``'s parser; the aggregate has each family once (its
+``# HELP`` / ``# TYPE`` from the first replica that has it) and sums the samples that have
+the same name and labels over the replicas: counters, histogram buckets / ``_sum`` /
+``_count`` add up, and so do the gauges exported (requests, tokens per second, queue depths,
+adapters). ``_created`` samples (creation timestamps) are dropped: a sum of them means
+nothing. It adds ``frod_rt_replicas`` (replicas reporting) and ``frod_rt_replica_up{replica}``.
 """
 from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 2 ** 53 else repr(float(v))
 
 
+def _esc(v: str, quote: bool) -> str:
+    v = v.replace("\\", "\\\\").replace("\n", "\\n")
+    return v.replace('"', '\\"') if quote else v
+
+
+def _sample_key(name: str, labels: dict) -> str:
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{_esc(str(v), True)}"' for k, v in labels.items()) + "}"
+
+
 def parse_samples(text: str) -> tuple[list[str], dict[str, float]]:
-    """(comment lines in order, {"name{labels}": value}) of a Prometheus text page.
-    Lines that are not ``name[{labels}] value`` are ignored."""
+    """(comment lines in order, {"name{labels}": value}) of a Prometheus text page, through
+    ``prometheus_client``'s parser (labels in the page's order)."""
     comments, samples = [], {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            comments.append(line)
-            continue
-        key, _, val = line.rpartition(" ")
-        try:
-            samples[key] = float(val)
-        except ValueError:
-            continue
+    for fam in text_string_to_metric_families(text):
+        comments += [f"# HELP {fam.name} {_esc(fam.documentation, False)}",
+                     f"# TYPE {fam.name} {fam.type}"]
+        for s in fam.samples:
+            key = _sample_key(s.name, s.labels)
+            samples[key] = samples.get(key, 0.0) + s.value
     return comments, samples
 
 
 def merge_metrics(pages: dict[str, str]) -> str:
     """One Prometheus page from ``{replica id: its /metrics text}``: samples of equal name
     and labels summed, plus the replica gauges."""
-    order: list[str] = []                 # metric family names, first seen first
-    comments: dict[str, list[str]] = {}
-    samples: dict[str, dict[str, float]] = {}
+    fams: dict[str, tuple[str, str, dict[str, float]]] = {}   # name -> (type, help, samples)
     for text in pages.values():
-        cmts, smp = parse_samples(text)
-        for c in cmts:
-            parts = c.split(None, 3)
-            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                fam = parts[2]
-                if fam not in comments:
-                    comments[fam] = []
-                    order.append(fam)
-                if c not in comments[fam]:
-                    comments[fam].append(c)
-        for key, v in smp.items():
-            fam = key.split("{", 1)[0]
-            if fam not in samples and fam not in comments:
-                order.append(fam)
-                comments[fam] = []
-            fam_s = samples.setdefault(fam, {})
-            fam_s[key] = fam_s.get(key, 0.0) + v
+        for fam in text_string_to_metric_families(text):
+            _, _, smp = fams.setdefault(fam.name, (fam.type, fam.documentation, {}))
+            for s in fam.samples:
+                if s.name.endswith("_created"):
+                    continue
+                key = _sample_key(s.name, s.labels)
+                smp[key] = smp.get(key, 0.0) + s.value
     out = ["# HELP frod_rt_replicas Engine replicas reporting.",
            "# TYPE frod_rt_replicas gauge", f"frod_rt_replicas {len(pages)}",
            "# HELP frod_rt_replica_up 1 for every engine replica reporting.",
            "# TYPE frod_rt_replica_up gauge"]
-    out += [f'frod_rt_replica_up{{replica="{r}"}} 1' for r in sorted(pages)]
-    for fam in order:
-        out += comments.get(fam, [])
-        out += [f"{k} {_fmt(v)}" for k, v in samples.get(fam, {}).items()]
+    out += [f'frod_rt_replica_up{{replica="{_esc(r, True)}"}} 1' for r in sorted(pages)]
+    for name, (typ, doc, smp) in fams.items():
+        out += [f"# HELP {name} {_esc(doc, False)}", f"# TYPE {name} {typ}"]
+        out += [f"{k} {_fmt(v)}" for k, v in smp.items()]
     return "\n".join(out) + "\n"
 
 

@@ -2,7 +2,8 @@
 
 ``submit_all`` queues one engine request per prompt (all sharing one output queue);
 ``collect`` waits for them (non-streaming) and ``stream_chunks`` yields server-sent events.
-Both poll the client connection and abort the engine requests when the client goes away.
+Both poll the client connection every ``POLL_S`` seconds (also while tokens flow) and abort
+the engine requests when the client goes away.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import uuid
 
 from ..engine.errors import EngineOverloadedError, UnknownAdapterError
+from ..method.blend import BlendError
 from .errors import APIError
 from .loop import EngineFailure
 
@@ -29,11 +31,15 @@ def to_api_error(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, UnknownAdapterError):
-        return APIError(404, str(exc), param="model", code="model_not_found")
+        return APIError(404, f"model {exc.name!r} not found (GET /v1/models lists the served "
+                        "models)", param="model", code="model_not_found")
     if isinstance(exc, EngineFailure):
         return APIError(503, str(exc), code="engine_unavailable")
     if isinstance(exc, EngineOverloadedError):
         return APIError(429, str(exc), code="queue_full")
+    if isinstance(exc, BlendError):
+        return APIError(400, f"adapter_weights: {exc}", param="adapter_weights",
+                        code="blend_refused")
     if isinstance(exc, (ValueError, TypeError)):
         msg = str(exc)
         head = msg.split(":", 1)[0].strip()
@@ -45,16 +51,18 @@ def to_api_error(exc: Exception) -> APIError:
 
 
 class Batch:
-    """The engine requests of one HTTP request (one per prompt / choice)."""
+    """The engine requests of one HTTP request (one per prompt / choice). ``label``: the
+    metrics' adapter label (``ServerMetrics.label_for``)."""
 
-    def __init__(self, state, prompts, adapter, sampling: dict):
+    def __init__(self, state, prompts, adapter, sampling: dict, label: str | None = None):
         self.state = state
+        self.label = label
         self.queue: asyncio.Queue = asyncio.Queue()
         self.ids: list[str] = []
         self.prompt_tokens: list[int] = []
         try:
             for p in prompts:
-                h = state.loop.submit(p, adapter, sampling, queue=self.queue)
+                h = state.loop.submit(p, adapter, sampling, queue=self.queue, label=label)
                 self.ids.append(h.request_id)
                 self.prompt_tokens.append(h.prompt_tokens)
         except Exception as exc:
@@ -66,6 +74,11 @@ class Batch:
         self.index = {rid: i for i, rid in enumerate(self.ids)}
         self.pending = set(self.ids)
 
+    def count_error(self) -> None:
+        """Count this request under its adapter's errors (a stream that ended in an error)."""
+        if self.label is not None:
+            self.state.metrics.request_error(self.label)
+
     def abort(self) -> None:
         for rid in self.ids:
             self.state.loop.abort(rid)
@@ -75,14 +88,18 @@ class Batch:
         ClientGone (after aborting) when the client disconnects, EngineFailure when the
         engine failed."""
         getter = None
+        checked = time.monotonic()
         try:
             while self.pending:
                 if getter is None:
                     getter = asyncio.ensure_future(self.queue.get())
                 done, _ = await asyncio.wait({getter}, timeout=POLL_S)
-                if getter not in done:
+                # check the client every POLL_S, also while outputs keep coming
+                if getter not in done or time.monotonic() - checked >= POLL_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         raise ClientGone()
+                if getter not in done:
                     continue
                 item, getter = getter.result(), None
                 if isinstance(item, EngineFailure):
@@ -109,12 +126,21 @@ async def collect(batch: Batch, request) -> tuple[list[str], list[str], list[int
             ntok[i] += len(out.new_token_ids)
             if out.finished:
                 reasons[i] = out.finish_reason
+                if out.finish_reason == "error":
+                    raise failed_error(out)
     except EngineFailure as e:
         raise APIError(503, str(e), code="engine_failure") from None
     if "abort" in reasons:
         raise APIError(503, "request aborted by the server (its adapter was removed or the "
                        "server is shutting down)", code="aborted")
     return texts, reasons, ntok
+
+
+def failed_error(out) -> APIError:
+    """The error of a request the engine failed alone (non-finite logits, a forward that
+    failed for this request only): 500, its batch mates are not affected."""
+    return APIError(500, f"generation failed: {out.error or 'unknown error'}",
+                    code="generation_failed")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -154,7 +180,12 @@ async def stream_chunks(batch: Batch, request, model: str, chat: bool, include_u
                               "logprobs": None, "finish_reason": None}])
         async for i, out in batch.outputs(request):
             ntok[i] += len(out.new_token_ids)
+            if out.finished and out.finish_reason == "error":
+                batch.count_error()
+                yield sse(failed_error(out).body())
+                break
             if out.finished and out.finish_reason == "abort":
+                batch.count_error()
                 yield sse(APIError(503, "request aborted by the server (its adapter was "
                                    "removed or the server is shutting down)",
                                    code="aborted").body())
@@ -168,5 +199,6 @@ async def stream_chunks(batch: Batch, request, model: str, chat: bool, include_u
     except ClientGone:
         return
     except EngineFailure as e:
+        batch.count_error()
         yield sse(APIError(503, str(e), code="engine_failure").body())
     yield "data: [DONE]\n\n"

@@ -31,6 +31,7 @@ and deploys it. ``frod-rt serve --replicas N`` does both.
 # no `from __future__ import annotations`: Ray Serve re-reads the FastAPI signatures of
 # the router in the replica, where string annotations could not be resolved
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -42,9 +43,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
 
+from .adapter_routes import (LOAD_ERRORS, AdapterLoadRequest, LoadLoRAAdapterRequest,
+                             UnloadLoRAAdapterRequest, already_loaded, check_adapter_name,
+                             load_failure, loading_root, not_loaded, resolve_under_root)
 from .aggregate import merge_health, merge_metrics
 from .asgi_call import Lifespan, call_app
-from .errors import APIError
+from .config import ServerConfig
+from .errors import APIError, unknown_model
+from .guard import Guard
 
 REPLICA_HEADER = "x-frod-rt-replica"
 APP_NAME = "frod_rt"
@@ -129,7 +135,8 @@ def _engine_replica_class(adapters_per_replica: int):
                 opts["dtype"] = getattr(torch, opts["dtype"])
             self.engine = await asyncio.to_thread(Engine.load, spec["base"], **opts)
             self.engine.base_name = spec["base_name"]
-            self.app = create_app(self.engine, default_max_tokens=spec["default_max_tokens"])
+            self.app = create_app(self.engine, default_max_tokens=spec["default_max_tokens"],
+                                  config=replica_config(spec["config"]))
             self.lifespan = Lifespan(self.app)
             await self.lifespan.startup()
             self.paths: dict[str, str] = {}          # adapter model id -> directory
@@ -189,18 +196,17 @@ def _engine_replica_class(adapters_per_replica: int):
                 if name is not None:
                     self.in_use[name] -= 1
 
-        async def check_adapter(self, path: str) -> dict | None:
-            """None if the adapter directory loads on this base, else an error body
-            (``{"status", "message", "param", "code"}``) as ``POST /v1/adapters`` answers."""
+        async def check_adapter(self, path: str, name: str, root: str,
+                                vllm: bool = False) -> tuple | None:
+            """None if the adapter directory ``path`` (already resolved under ``root``)
+            loads on this base, else ``(status, message, param, code)`` of the error the
+            single-process server answers (``adapter_routes.load_failure``)."""
             probe = f"__frod_rt_check_{os.getpid()}_{time.monotonic_ns()}"
             try:
                 await asyncio.to_thread(self.engine.add_adapter, probe, path)
-            except FileNotFoundError as e:
-                return {"status": 400, "message": str(e), "param": "path",
-                        "code": "adapter_not_found"}
-            except (ValueError, TypeError, OSError) as e:
-                return {"status": 400, "message": str(e), "param": "path",
-                        "code": "invalid_adapter"}
+            except LOAD_ERRORS as e:
+                err = load_failure(e, Path(root), name, vllm)
+                return err.status, err.message, err.param, err.code
             self.engine.remove_adapter(probe)
             return None
 
@@ -248,10 +254,23 @@ def _engine_replica_class(adapters_per_replica: int):
     return FrodEngine
 
 
-def _router_class():
-    """The ingress deployment's class (FastAPI routes bound by ``serve.ingress``)."""
-    from .protocol import AdapterLoadRequest
-    fapp = FastAPI(title="frod_rt (Ray Serve)", version="0.1.0")
+def replica_config(config: ServerConfig) -> ServerConfig:
+    """The config of a replica's in-process app: the router already enforced the API key,
+    the Host allow-list and the body size (the replicas are reachable only through it), and
+    loads adapters itself; the request limits (strict fields, prompt and stop sizes) hold."""
+    return dataclasses.replace(config, api_key=None, allowed_hosts=(), enable_docs=False,
+                               allow_adapter_loading=None)
+
+
+def _router_class(config: ServerConfig):
+    """The ingress deployment's class (FastAPI routes bound by ``serve.ingress``), behind
+    the single-process server's ``Guard`` for ``config`` (Host allow-list, API key on
+    every route but /health, body size)."""
+    docs = config.enable_docs
+    fapp = FastAPI(title="frod_rt (Ray Serve)", version="0.1.0",
+                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                   openapi_url="/openapi.json" if docs else None)
+    fapp.add_middleware(Guard, config=config)
 
     @serve.ingress(fapp)
     class FrodRouter:
@@ -259,6 +278,7 @@ def _router_class():
 
         def __init__(self, engine, spec: dict):
             self.engine = engine
+            self.config = spec["config"]
             self.base_name = spec["base_name"]
             self.catalog: dict[str, tuple[str, int]] = {
                 n: (p, 0) for n, p in spec["adapters"].items()}   # name -> (path, generation)
@@ -283,10 +303,12 @@ def _router_class():
             return {"id": name, "object": "model", "created": self.started,
                     "owned_by": "frod_rt", "root": b, "parent": None if name == b else b}
 
-        def _unknown(self, model) -> APIError:
-            avail = ", ".join([self.base_name] + list(self.catalog))
-            return APIError(404, f"model {model!r} not found; available: {avail}",
-                            param="model", code="model_not_found")
+        async def _parse(self, request: Request, model):
+            """The body as ``model`` (a pydantic class); 400 naming the problem."""
+            try:
+                return model.model_validate_json(await request.body())
+            except ValueError as e:                  # pydantic ValidationError / JSON
+                raise APIError(400, f"body: {e}", code="invalid_request") from None
 
         # ---- models and adapters (the router's catalog) ---------------------------------
         @fapp.get("/v1/models")
@@ -298,46 +320,74 @@ def _router_class():
         @fapp.get("/v1/models/{name}")
         async def model(self, name: str):
             if name != self.base_name and name not in self.catalog:
-                return self._error(self._unknown(name))
+                return self._error(unknown_model(name))
             return JSONResponse(self._card(name), headers=self._headers())
+
+        async def _load(self, name: str, path: str, vllm: bool) -> None:
+            """The single server's rules (adapter_routes): 403 unless --allow-adapter-loading,
+            the path resolved under the root, then one replica checks the adapter loads on
+            the base; the catalog records the resolved path under a new generation."""
+            root = loading_root(self.config)
+            check_adapter_name(name, self.base_name, vllm, forbidden="/@")
+            async with self.lock:
+                if name in self.catalog:
+                    raise already_loaded(name, vllm)
+                real = resolve_under_root(root, path, "lora_path" if vllm else "path")
+                try:
+                    bad = await self.engine.check_adapter.remote(str(real), name, str(root),
+                                                                 vllm)
+                except _REPLICA_GONE as e:
+                    raise replica_unavailable(e) from None
+                if bad:
+                    raise APIError(*bad)
+                self.gen += 1
+                self.catalog[name] = (str(real), self.gen)
+
+        async def _unload(self, name: str, vllm: bool) -> None:
+            loading_root(self.config)
+            async with self.lock:
+                if name not in self.catalog:
+                    raise not_loaded(name, vllm)
+                del self.catalog[name]
 
         @fapp.post("/v1/adapters")
         async def load_adapter(self, request: Request):
             try:
-                req = AdapterLoadRequest.model_validate_json(await request.body())
-            except Exception as e:                   # noqa: BLE001 - pydantic / JSON error
-                return self._error(APIError(422, f"body: {e}", code="invalid_request"))
-            if not req.name or req.name == self.base_name or "@" in req.name:
-                return self._error(APIError(
-                    400, f"name: {req.name!r} is not a valid adapter name (it must be "
-                    "non-empty, differ from the base model's name and not contain '@')",
-                    param="name"))
-            async with self.lock:
-                if req.name in self.catalog:
-                    return self._error(APIError(
-                        409, f"adapter {req.name!r} is already loaded; delete it first",
-                        param="name", code="adapter_exists"))
-                try:
-                    bad = await self.engine.check_adapter.remote(req.path)
-                except _REPLICA_GONE as e:
-                    return self._error(replica_unavailable(e))
-                if bad:
-                    return self._error(APIError(bad["status"], bad["message"],
-                                                param=bad["param"], code=bad["code"]))
-                self.gen += 1
-                self.catalog[req.name] = (req.path, self.gen)
+                req = await self._parse(request, AdapterLoadRequest)
+                await self._load(req.name, req.path, vllm=False)
+            except APIError as e:
+                return self._error(e)
             return JSONResponse(self._card(req.name), status_code=201,
                                 headers=self._headers())
 
         @fapp.delete("/v1/adapters/{name}")
         async def unload_adapter(self, name: str):
-            async with self.lock:
-                if name not in self.catalog:
-                    return self._error(APIError(404, f"unknown adapter {name!r}",
-                                                param="name", code="model_not_found"))
-                del self.catalog[name]
+            try:
+                await self._unload(name, vllm=False)
+            except APIError as e:
+                return self._error(e)
             return JSONResponse({"id": name, "object": "model", "deleted": True},
                                 headers=self._headers())
+
+        @fapp.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(self, request: Request):
+            try:
+                req = await self._parse(request, LoadLoRAAdapterRequest)
+                await self._load(req.lora_name, req.lora_path, vllm=True)
+            except APIError as e:
+                return self._error(e)
+            return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added "
+                                     "successfully.", headers=self._headers())
+
+        @fapp.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(self, request: Request):
+            try:
+                req = await self._parse(request, UnloadLoRAAdapterRequest)
+                await self._unload(req.lora_name, vllm=True)
+            except APIError as e:
+                return self._error(e)
+            return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed "
+                                     "successfully.", headers=self._headers())
 
         # ---- operations: aggregated over the replicas -------------------------------------
         async def _reports(self) -> dict[str, dict]:
@@ -366,14 +416,21 @@ def _router_class():
             if request.method == "POST" and body:
                 try:
                     parsed = json.loads(body)
-                    model = parsed.get("model") if isinstance(parsed, dict) else None
                 except ValueError:
-                    pass                           # the replica's app answers 400
+                    parsed = None                  # the replica's app answers 400
+                if isinstance(parsed, dict):
+                    model = parsed.get("model")
+                    if parsed.get("adapter_weights") is not None:
+                        return self._error(APIError(
+                            400, "adapter_weights: blends of adapters are not served with "
+                            "--replicas > 1 (each replica holds only some adapters); use one "
+                            "engine (--replicas 1) for blends", param="adapter_weights",
+                            code="unsupported_in_scale_out"))
             handle = self.engine.options(stream=True, method_name="handle")
             apath = None
             if isinstance(model, str) and model != self.base_name:
                 if model not in self.catalog:
-                    return self._error(self._unknown(model))
+                    return self._error(unknown_model(model))
                 apath, gen = self.catalog[model]
                 handle = handle.options(multiplexed_model_id=f"{model}@{gen}")
             headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"host"]
@@ -418,7 +475,8 @@ def build_app(base, adapters: dict | None = None, replicas: int = 2, *,
               engine_options: dict | None = None, threads_per_replica: int | None = 1,
               replica_cpus: float = 1, replica_gpus: float = 0,
               adapters_per_replica: int = 16, health_check_period_s: float = 2.0,
-              report_period_s: float = 0.5, app_name: str = APP_NAME):
+              report_period_s: float = 0.5, app_name: str = APP_NAME,
+              config: ServerConfig | None = None):
     """The Ray Serve application: ``replicas`` engine replicas behind one router.
 
     Args:
@@ -433,6 +491,10 @@ def build_app(base, adapters: dict | None = None, replicas: int = 2, *,
         adapters_per_replica: size of each replica's multiplex LRU of adapters.
         health_check_period_s: how often Ray Serve checks each replica's engine loop.
         report_period_s: how often replicas post their /health and /metrics to the board.
+        config: the single-process server's limits and security options
+            (``ServerConfig``; defaults open nothing), enforced by the router on every
+            route (API key, Host, body size, run-time adapter loading under its root) and
+            by the replicas' apps (strict fields, prompt and stop limits).
     Returns:
         a ``ray.serve`` Application for ``serve.run`` (``run_app`` does it).
     """
@@ -450,14 +512,15 @@ def build_app(base, adapters: dict | None = None, replicas: int = 2, *,
             "default_max_tokens": int(default_max_tokens),
             "engine_options": dict(engine_options or {}), "threads": threads_per_replica,
             "board": f"board:{app_name}", "report_period_s": report_period_s,
-            "adapters": adapters, "replicas": replicas}
+            "adapters": adapters, "replicas": replicas,
+            "config": config if config is not None else ServerConfig()}
     engine_dep = serve.deployment(
         _engine_replica_class(adapters_per_replica), name="FrodEngine",
         num_replicas=replicas, health_check_period_s=health_check_period_s,
         health_check_timeout_s=max(30.0, 3 * health_check_period_s),
         max_ongoing_requests=1024,
         ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus})
-    router_dep = serve.deployment(_router_class(), name="FrodRouter", num_replicas=1,
+    router_dep = serve.deployment(_router_class(spec["config"]), name="FrodRouter", num_replicas=1,
                                   max_ongoing_requests=4096,
                                   ray_actor_options={"num_cpus": 0})
     return router_dep.bind(engine_dep.bind(spec), spec)
