@@ -1,5 +1,7 @@
 """``frod-rt serve --replicas 2`` as a real process: a local Ray, two engine replicas, the
-``openai`` client; SIGTERM shuts Serve and Ray down and exits 0. Skipped without Ray."""
+``openai`` client with the API key given by ``--api-key`` (the security options reach the
+Ray router: 401 without it); SIGTERM shuts Serve and Ray down and exits 0. Skipped without
+Ray."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 from serve_process import child_env, start_serve, stop, wait_ready  # noqa: E402
 
@@ -27,12 +30,14 @@ def test_serve_replicas_cli_round_trip(tmp_path):
     env = child_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")     # the local Ray on loopback
     proc = start_serve(["--base", str(base), "--adapter", f"poems={tmp_path / 'poems'}",
                         "--port", str(port), "--cache-dir", str(cache), "--replicas", "2",
-                        "--replica-cpus", "0.5"], env)
+                        "--replica-cpus", "0.5", "--api-key", "cli-key"], env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, lambda r: r.status_code == 200 and r.json()["replicas_ok"] == 2,
                    timeout=180)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        r = httpx.get(url + "/v1/models", timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="cli-key", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "poems"]
         eng = Engine.load(base, adapters={"poems": tmp_path / "poems"}, cache_dir=cache)
         for m, adapter in (("poems", "poems"), ("base", None)):

@@ -5,7 +5,10 @@ Checked against the single-engine server (``ServerThread``) on the same base and
 greedy texts equal, adapter affinity (>= 80% of an adapter's requests on one replica), the
 ``x-frod-rt-replica`` header, aggregated /health and /metrics, and a replica killed with
 SIGKILL mid-load: every request gets its answer or a retryable 503, and the deployment
-recovers. Skipped when Ray is not installed; the module takes about 1-2 minutes."""
+recovers. The deployment runs with a ``ServerConfig`` (API key, adapter root, Host allow-list,
+body limit): every request here sends the key, and one test checks the router enforces each
+rule as the single-process server does. Skipped when Ray is not installed; the module takes
+about 1-2 minutes."""
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +29,7 @@ import httpx  # noqa: E402
 
 from frod_rt.engine import Engine  # noqa: E402
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer  # noqa: E402,E501
-from frod_rt.server import ServerThread, free_port  # noqa: E402
+from frod_rt.server import ServerConfig, ServerThread, free_port  # noqa: E402
 from frod_rt.server.ray_app import REPLICA_HEADER, build_app, run_app  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -37,6 +40,9 @@ WORDS = ("the quick brown fox jumps over the lazy dog a journey of a thousand mi
          "with a single step to be or not that is question once upon time").split()
 ADAPTERS = [f"ad{i}" for i in range(4)]
 BASE = "toybase"
+KEY = "ray-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+http = httpx.Client(headers=AUTH, timeout=60)      # every call of these tests sends the key
 
 
 def _prompt(i: int) -> str:
@@ -56,7 +62,15 @@ def toy(tmp_path_factory):
         adapters[name] = root / name
     spare = root / "spare"                   # loaded at run time
     random_adapter(model, spare, TARGETS[0], seed=99, cache_dir=cache)
-    return {"base": base, "cache": cache, "adapters": adapters, "spare": spare}
+    outside = tmp_path_factory.mktemp("ray_outside") / "elsewhere"   # outside the root
+    random_adapter(model, outside, TARGETS[1], seed=98, cache_dir=cache)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    return {"base": base, "cache": cache, "adapters": adapters, "spare": spare,
+            "root": root, "outside": outside}
+
+
+def _config(toy, **kw) -> ServerConfig:
+    return ServerConfig(allow_adapter_loading=str(toy["root"]), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +78,7 @@ def single(toy):
     """The single-engine server on the same base and adapters: the reference."""
     eng = Engine.load(toy["base"], adapters=toy["adapters"], cache_dir=toy["cache"],
                       device_adapter_capacity=4)
-    with ServerThread(eng) as srv:
+    with ServerThread(eng, config=_config(toy)) as srv:
         yield srv
     eng.close()
 
@@ -79,7 +93,9 @@ def cluster(toy):
                         replicas=2, engine_options={"cache_dir": str(toy["cache"]),
                                                     "device_adapter_capacity": 4},
                         threads_per_replica=1, replica_cpus=1, adapters_per_replica=4,
-                        health_check_period_s=1.0, report_period_s=0.25)
+                        health_check_period_s=1.0, report_period_s=0.25,
+                        config=_config(toy, api_key=KEY, allowed_hosts=("127.0.0.1",),
+                                       max_body_bytes=256 * 1024))
         run_app(app, host="127.0.0.1", port=port, num_cpus=2)   # starts the local Ray
         url = f"http://127.0.0.1:{port}"
         _wait_health(url, replicas_ok=2, timeout=120)
@@ -96,7 +112,7 @@ def _wait_health(url, replicas_ok: int, timeout: float, exclude_pids=()) -> dict
     body = None
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url + "/health", timeout=10)
+            r = httpx.get(url + "/health", timeout=10)             # no key: /health is open
             body = r.json()
             pids = {v.get("pid") for v in body.get("replicas", {}).values()}
             if (r.status_code == 200 and body.get("replicas_ok") == replicas_ok
@@ -110,7 +126,7 @@ def _wait_health(url, replicas_ok: int, timeout: float, exclude_pids=()) -> dict
 
 
 def _metric(url, name: str) -> float:
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+    for line in http.get(url + "/metrics", timeout=10).text.splitlines():
         if line.startswith(f"frod_rt_{name} "):
             return float(line.rsplit(" ", 1)[1])
     raise KeyError(name)
@@ -118,7 +134,7 @@ def _metric(url, name: str) -> float:
 
 async def _complete_all(url, jobs, stream=False):
     """POST every (model, prompt, max_tokens) at once; (status, body or events, replica)."""
-    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=AUTH) as c:
         async def one(m, p, n):
             req = {"model": m, "prompt": p, "max_tokens": n, "temperature": 0,
                    "ignore_eos": True, "stream": stream}
@@ -151,7 +167,7 @@ def test_two_replicas_match_single_engine_with_adapter_affinity(cluster, single)
     assert all(s == 200 for s, *_ in warm), warm
     deadline = time.monotonic() + 20          # Serve learns where each adapter is resident
     while True:
-        reps = httpx.get(cluster + "/health", timeout=10).json()["replicas"].values()
+        reps = http.get(cluster + "/health", timeout=10).json()["replicas"].values()
         if set(ADAPTERS) <= {a for v in reps for a in v["resident_adapters"]}:
             break
         assert time.monotonic() < deadline, list(reps)
@@ -188,19 +204,19 @@ def test_two_replicas_match_single_engine_with_adapter_affinity(cluster, single)
     # chat through the router equals the single server's
     chat = {"model": ADAPTERS[2], "messages": [{"role": "user", "content": _prompt(9)}],
             "max_tokens": 6, "temperature": 0}
-    got_c = httpx.post(cluster + "/v1/chat/completions", json=chat, timeout=60)
-    ref_c = httpx.post(single.url + "/v1/chat/completions", json=chat, timeout=60)
+    got_c = http.post(cluster + "/v1/chat/completions", json=chat, timeout=60)
+    ref_c = http.post(single.url + "/v1/chat/completions", json=chat, timeout=60)
     assert got_c.status_code == 200 and got_c.headers[REPLICA_HEADER]
     assert (got_c.json()["choices"][0]["message"]
             == ref_c.json()["choices"][0]["message"])
 
     # models, errors and the header on router-made answers
-    r = httpx.get(cluster + "/v1/models")
+    r = http.get(cluster + "/v1/models")
     assert [d["id"] for d in r.json()["data"]] == [BASE] + ADAPTERS
     assert r.headers[REPLICA_HEADER].startswith("router:")
-    r = httpx.post(cluster + "/v1/completions", json={"model": "nope", "prompt": "a"})
+    r = http.post(cluster + "/v1/completions", json={"model": "nope", "prompt": "a"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-    r = httpx.post(cluster + "/v1/completions",
+    r = http.post(cluster + "/v1/completions",
                    json={"model": "ad0", "prompt": "a", "max_tokens": 0})
     assert r.status_code == 400 and r.headers[REPLICA_HEADER]       # the replica's own check
 
@@ -218,9 +234,11 @@ def test_health_and_metrics_aggregate_the_replicas(cluster, single):
         assert time.monotonic() < deadline, "aggregated requests_total did not grow"
         time.sleep(0.3)
     assert _metric(cluster, "replicas") == 2
-    text = httpx.get(cluster + "/metrics").text
+    text = http.get(cluster + "/metrics").text
     assert text.count('frod_rt_replica_up{replica="') == 2
-    assert text.count("# TYPE frod_rt_requests_total counter") == 1
+    assert text.count("# TYPE frod_rt_requests counter") == 1
+    assert "# TYPE frod_rt_e2e_request_latency_seconds histogram" in text
+    assert _metric(cluster, "e2e_request_latency_seconds_count") >= len(jobs)
 
 
 def test_killed_replica_loses_no_request_and_recovers(cluster, single):
@@ -232,7 +250,7 @@ def test_killed_replica_loses_no_request_and_recovers(cluster, single):
     async def load_and_kill():
         async def killer():              # as soon as the victim answers requests
             deadline = time.monotonic() + 20
-            async with httpx.AsyncClient(base_url=cluster, timeout=10) as c:
+            async with httpx.AsyncClient(base_url=cluster, timeout=10, headers=AUTH) as c:
                 while time.monotonic() < deadline:
                     reps = (await c.get("/health")).json()["replicas"]
                     if reps.get(victim["replica"], {}).get("in_flight", 0) > 0:
@@ -279,29 +297,92 @@ def test_killed_replica_loses_no_request_and_recovers(cluster, single):
 def test_adapters_loaded_and_deleted_at_run_time(cluster, single, toy):
     p, n = _prompt(11), 6
     spare, ad1 = str(toy["spare"]), str(toy["adapters"]["ad1"])
-    assert httpx.post(single.url + "/v1/adapters",
+    assert http.post(single.url + "/v1/adapters",
                       json={"name": "extra", "path": spare}).status_code == 201
-    r = httpx.post(cluster + "/v1/adapters", json={"name": "extra", "path": spare}, timeout=60)
+    r = http.post(cluster + "/v1/adapters", json={"name": "extra", "path": spare}, timeout=60)
     assert r.status_code == 201 and r.json()["id"] == "extra"
-    assert "extra" in [d["id"] for d in httpx.get(cluster + "/v1/models").json()["data"]]
+    assert "extra" in [d["id"] for d in http.get(cluster + "/v1/models").json()["data"]]
     got = asyncio.run(_complete_all(cluster, [("extra", p, n)]))[0]
     ref = asyncio.run(_complete_all(single.url, [("extra", p, n)]))[0]
     assert got[0] == 200 and got[1]["choices"][0]["text"] == ref[1]["choices"][0]["text"]
     # a name taken, a missing directory, the base's name: the single server's answers
-    assert httpx.post(cluster + "/v1/adapters",
+    assert http.post(cluster + "/v1/adapters",
                       json={"name": "extra", "path": spare}).status_code == 409
-    r = httpx.post(cluster + "/v1/adapters", json={"name": "x2", "path": spare + "-nope"},
+    r = http.post(cluster + "/v1/adapters", json={"name": "x2", "path": spare + "-nope"},
                    timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "path"
-    assert httpx.post(cluster + "/v1/adapters",
+    assert http.post(cluster + "/v1/adapters",
                       json={"name": BASE, "path": spare}).status_code == 400
     # delete, then the same name for another file: the replicas serve the new file
-    assert httpx.delete(cluster + "/v1/adapters/extra").json()["deleted"] is True
-    r = httpx.post(cluster + "/v1/completions", json={"model": "extra", "prompt": p})
+    assert http.delete(cluster + "/v1/adapters/extra").json()["deleted"] is True
+    r = http.post(cluster + "/v1/completions", json={"model": "extra", "prompt": p})
     assert r.status_code == 404
-    assert httpx.post(cluster + "/v1/adapters",
+    assert http.post(cluster + "/v1/adapters",
                       json={"name": "extra", "path": ad1}, timeout=60).status_code == 201
     got = asyncio.run(_complete_all(cluster, [("extra", p, n)] * 3))
     ref = asyncio.run(_complete_all(single.url, [("ad1", p, n)]))[0]
     assert all(g[0] == 200 and g[1]["choices"][0]["text"] == ref[1]["choices"][0]["text"]
                for g in got)
+
+
+def test_router_enforces_the_servers_security_rules(cluster, single, toy):
+    """The router's own routes and the forwarded ones under the single server's rules: the
+    API key (not on /health), the Host allow-list, the body limit, strict fields (the
+    replica's app), run-time loading only under the adapter root (symlinks resolved, no
+    server path in the answer), vLLM's load/unload routes, blends refused with 400."""
+    comp = {"model": "ad0", "prompt": "a b", "max_tokens": 2, "temperature": 0}
+    for method, path, body in (("GET", "/v1/models", None), ("GET", "/metrics", None),
+                               ("POST", "/v1/completions", comp),
+                               ("POST", "/v1/adapters", {"name": "n", "path": "spare"}),
+                               ("POST", "/v1/load_lora_adapter",
+                                {"lora_name": "n", "lora_path": "spare"}),
+                               ("DELETE", "/v1/adapters/ad0", None)):
+        for hdrs in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.request(method, cluster + path, json=body, headers=hdrs, timeout=30)
+            assert r.status_code == 401, (method, path, r.text)
+            assert r.json()["error"]["code"] == "invalid_api_key"
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(cluster + "/health", timeout=30).status_code == 200
+    assert "ad0" in [d["id"] for d in http.get(cluster + "/v1/models").json()["data"]]
+    assert http.post(cluster + "/v1/completions", json=comp).status_code == 200
+    # Host allow-list, body limit, docs off, strict fields, blends
+    r = http.get(cluster + "/v1/models", headers={"Host": "evil.example"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
+    r = http.post(cluster + "/v1/completions", json={**comp, "prompt": "a " * 200_000})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert http.get(cluster + "/docs").status_code == 404
+    r = http.post(cluster + "/v1/completions", json={**comp, "frobnicate": 1})
+    assert r.status_code == 400 and "frobnicate" in r.json()["error"]["message"]
+    r = http.post(cluster + "/v1/completions",
+                  json={**comp, "model": BASE, "adapter_weights": {"ad0": 0.5, "ad1": 0.5}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "adapter_weights"
+    # loading outside the root: absolute, relative with '..', a symlink out; refused, unread
+    root = str(toy["root"])
+    for path in (str(toy["outside"]), "../" + toy["outside"].parent.name + "/elsewhere",
+                 "link", "/etc"):
+        for route, body in (("/v1/adapters", {"name": "out", "path": path}),
+                            ("/v1/load_lora_adapter", {"lora_name": "out", "lora_path": path})):
+            r = http.post(cluster + route, json=body)
+            assert r.status_code == 403, (route, path, r.text)
+            assert r.json()["error"]["code"] == "path_not_allowed"
+            assert root not in r.text
+    r = http.post(cluster + "/v1/adapters", json={"name": "x3", "path": "missing"})
+    assert r.status_code == 400 and root not in r.text and "<adapter-root>" in r.text
+    assert "out" not in [d["id"] for d in http.get(cluster + "/v1/models").json()["data"]]
+    # vLLM's routes through the router, a path relative to the root
+    r = http.post(cluster + "/v1/load_lora_adapter",
+                  json={"lora_name": "vl", "lora_path": "spare"})
+    assert r.status_code == 200 and r.text.startswith("Success"), r.text
+    r = http.post(cluster + "/v1/load_lora_adapter",
+                  json={"lora_name": "vl", "lora_path": "spare"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "adapter_exists"
+    http.post(single.url + "/v1/adapters", json={"name": "vl", "path": str(toy["spare"])})
+    got = asyncio.run(_complete_all(cluster, [("vl", _prompt(5), 5)]))[0]
+    ref = asyncio.run(_complete_all(single.url, [("vl", _prompt(5), 5)]))[0]
+    assert got[0] == 200 and got[1]["choices"][0]["text"] == ref[1]["choices"][0]["text"]
+    r = http.post(cluster + "/v1/unload_lora_adapter", json={"lora_name": "vl"})
+    assert r.status_code == 200 and r.text.startswith("Success")
+    r = http.post(cluster + "/v1/unload_lora_adapter", json={"lora_name": "vl"})
+    assert r.status_code == 404
+    assert http.post(cluster + "/v1/completions",
+                     json={**comp, "model": "vl"}).status_code == 404
