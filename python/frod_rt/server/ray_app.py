@@ -523,7 +523,9 @@ def build_app(base, adapters: dict | None = None, replicas: int = 2, *,
     router_dep = serve.deployment(_router_class(spec["config"]), name="FrodRouter", num_replicas=1,
                                   max_ongoing_requests=4096,
                                   ray_actor_options={"num_cpus": 0})
-    return router_dep.bind(engine_dep.bind(spec), spec)
+    # the engine replicas never see the API key (only the router checks it)
+    engine_spec = {**spec, "config": replica_config(spec["config"])}
+    return router_dep.bind(engine_dep.bind(engine_spec), spec)
 
 
 def worker_env() -> dict:
