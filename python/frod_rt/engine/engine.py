@@ -101,6 +101,7 @@ class Engine:
                                    host_capacity=int(lim["host_adapter_capacity"]),
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
                                    merge_hot=lim["merge_hot"])
+        self._work_dir: Path | None = None       # converted adapters (PEFT imports, renames)
         self._lock = threading.Lock()            # guards the incoming / abort queues
         self._model_lock = threading.RLock()     # one forward at a time
         self._incoming: deque[Sequence] = deque()
@@ -195,11 +196,26 @@ class Engine:
 
     # ---- adapters ------------------------------------------------------------------------
     def add_adapter(self, name: str, path) -> None:
-        """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
-        FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
+        """Load and validate adapter ``name`` from ``path``: a frod_rt adapter directory, or a
+        PEFT FRoD directory (imported on load in frod_rt's basis). AdapterError (a ValueError)
+        or FileNotFoundError on a bad adapter, which is refused; the others keep serving. An
+        adapter of another model is refused with "trained for <model>, this base is <model>";
+        a task-model prefix (``bert.``) is mapped (see ``adapter_sources``)."""
+        from ..method.adapter_io import AdapterError
+        from .adapter_sources import prepare_adapter_dir
         if name == self.base_name:
             raise ValueError(f"adapter name {name!r} is the base model's name")
-        self.pool.add(name, path)
+        p = Path(path)
+        if p.is_dir():
+            if self._work_dir is None:
+                import tempfile
+                self._work_dir = Path(tempfile.mkdtemp(prefix="frod_rt-adapters-"))
+            try:
+                p = prepare_adapter_dir(name, p, self.hf_model, self._work_dir,
+                                        cache_dir=self.limits["cache_dir"])
+            except AdapterError as e:
+                raise type(e)(f"adapter {name!r} ({path}) refused: {e}") from e
+        self.pool.add(name, p)
 
     def remove_adapter(self, name: str) -> None:
         """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Running requests
@@ -533,6 +549,9 @@ class Engine:
 
     def close(self) -> None:
         self.pool.close()
+        if self._work_dir is not None:
+            import shutil
+            shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return (f"Engine({self.base_name!r}, {type(self.hf_model).__name__}, device={self.device},"

@@ -39,6 +39,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import is_conv1d, linear_weight
 from ..method.decompose import decompose
+from ..method.joint import peft_joint_basis
 from .peft_dir import read_peft_frod_dir, split_lambda_tensors
 from ._foreign import (ForeignLayer, check_foreign_bases, foreign_split, resolve_basis,
                        signed_permutation)
@@ -94,19 +95,7 @@ def _peft_layer_index(key: str, fallback: int) -> int:
 
 def _peft_basis(mats: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """PEFT's shared basis of one category, computed as PEFT computes it (float32)."""
-    stacked = torch.cat(mats, dim=0)
-    if stacked.shape[0] < stacked.shape[1]:
-        return torch.linalg.svd(stacked, full_matrices=True)[2].T
-    q, r = torch.linalg.qr(stacked)
-    dim = r.shape[1]
-    t = torch.zeros((dim, dim), dtype=r.dtype)
-    start = 0
-    for m in mats:
-        qi = q[start:start + m.shape[0]]
-        start += m.shape[0]
-        t += torch.linalg.inv(qi.T @ qi + alpha * torch.eye(dim, dtype=r.dtype))
-    t /= len(mats)
-    return r.T @ torch.linalg.eigh(t)[1]
+    return peft_joint_basis(mats, alpha)
 
 
 def peft_projections(base_model: nn.Module, layer_names: list[str], *, alpha: float = 1e-3,
