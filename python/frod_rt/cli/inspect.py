@@ -69,38 +69,26 @@ def describe(path: Path) -> dict:
 def fit_to_base(adapter_path: Path, base_path: Path, cache_dir=None) -> dict:
     """``{"base", "base_model", "base_fingerprint", "fits", "basis", "mapped", "reason"}``:
     whether the adapter in ``adapter_path`` fits the base model in ``base_path``."""
-    from ..method.adapter_fit import fit_adapter_to_model
-    from ..method.adapter_io import AdapterError, check_against, read_adapter
-    from ..method.decompose import BASES, base_identity, decompose
+    from ..method.adapter_fit import find_decomposition
+    from ..method.adapter_io import AdapterError, read_adapter
+    from ..method.decompose import BASES, base_identity
     from .common import load_hf_model
     model = load_hf_model(base_path)
     out = {"base": str(base_path), **base_identity(model), "fits": False, "basis": None,
            "mapped": None, "reason": None}
     adapter = read_adapter(adapter_path)
     try:
-        fitted = fit_adapter_to_model(adapter, model)
+        fitted, d = find_decomposition(adapter, model, cache_dir)
     except AdapterError as e:
-        out["reason"] = str(e)
+        hint = ""
+        if adapter.config.extra.get("basis") not in (None, *BASES):
+            hint = (f" (it was imported in a foreign basis, {adapter.config.extra['basis']!r}: "
+                    "serve it with the decomposition it was imported with)")
+        out["reason"] = str(e) + hint
         return out
-    if fitted is not adapter:
-        out["mapped"] = fitted.config.extra.get("mapped_layer_names")
-    names = sorted(fitted.layers)
-    first_error = None
-    for basis in BASES:
-        d = decompose(model, names, alpha=fitted.config.alpha, basis=basis, cache_dir=cache_dir,
-                      progress=False)
-        try:
-            check_against(fitted, d)
-        except AdapterError as e:
-            first_error = first_error or str(e)
-            continue
-        out.update(fits=True, basis=basis)
-        return out
-    hint = ""
-    if adapter.config.extra.get("basis") not in (None, *BASES):
-        hint = (f" (it was imported in a foreign basis, {adapter.config.extra['basis']!r}: serve "
-                "it with the decomposition it was imported with)")
-    out["reason"] = first_error + hint
+    out.update(fits=True, basis=d.basis,
+               mapped=fitted.config.extra.get("mapped_layer_names") if fitted is not adapter
+               else None)
     return out
 
 

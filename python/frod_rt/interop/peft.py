@@ -313,6 +313,13 @@ def _common_rate(ks: dict[int, int]) -> float:
                        "(PEFT derives k = floor(n*n*sparse_rate) for every category)")
 
 
+def _decomposition_of(adapter: AdapterFile, base_model: nn.Module, cache_dir):
+    """(adapter fitted to ``base_model``, the decomposition it was trained on): frod_rt's basis
+    or PEFT's, whichever its category fingerprints match (``adapter_fit.find_decomposition``)."""
+    from ..method.adapter_fit import find_decomposition
+    return find_decomposition(adapter, base_model, cache_dir)
+
+
 def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
                 decomposition: Decomposition | None = None, *, tol: float = 1e-3,
                 cache_dir=None) -> float:
@@ -321,8 +328,10 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
 
     The values are expressed in the basis PEFT will compute for ``base_model`` (float32, its
     own algorithm): ``lambda_l = l0_peft + dl``, ``S`` and its pattern permuted/sign-flipped
-    to PEFT's columns. ``decomposition`` is the one the adapter belongs to (default:
-    frod_rt's decomposition of the adapter's layers); ``check_against`` is applied.
+    to PEFT's columns. ``decomposition`` is the one the adapter belongs to (default: the
+    decomposition of the adapter's layers on frod_rt's basis or PEFT's, whichever it was
+    trained on); ``check_against`` is applied. Adapters trained on
+    ``decompose(..., basis="peft")`` export exactly (error 0).
 
     Returns:
         the largest measured relative error of a layer's update (0 when the bases agree).
@@ -334,10 +343,8 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
     """
     from safetensors.torch import save_file
 
-    names_all = [n for c in adapter.config.categories.values() for n in c["layers"]]
-    if decomposition is None:
-        decomposition = decompose(base_model, names_all, alpha=adapter.config.alpha,
-                                  progress=False, cache_dir=cache_dir)
+    if decomposition is None:   # the basis it fits: frod_rt's, or PEFT's (exact export)
+        adapter, decomposition = _decomposition_of(adapter, base_model, cache_dir)
     check_against(adapter, decomposition)
     modules = dict(base_model.named_modules())
     names = [n for n, _ in base_model.named_modules() if n in adapter.layers]

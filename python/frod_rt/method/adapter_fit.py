@@ -119,3 +119,25 @@ def fit_adapter_to_model(adapter: AdapterFile, model: nn.Module) -> AdapterFile:
             if mapped is not None:
                 return mapped
     raise other_model_error(adapter, describe_model(model), model_fingerprint(model), detail)
+
+
+def find_decomposition(adapter: AdapterFile, model: nn.Module, cache_dir=None
+                       ) -> tuple[AdapterFile, "object"]:
+    """``(adapter fitted to model, the decomposition it fits)``: the adapter after
+    :func:`fit_adapter_to_model`, and the decomposition of its layers of ``model`` on the
+    first basis of ``decompose.BASES`` (frod_rt's, then PEFT's) that passes ``check_against``.
+    Raises the AdapterError of the frod_rt basis when none fits."""
+    from .adapter_io import AdapterError, check_against
+    from .decompose import BASES, decompose
+    fitted = fit_adapter_to_model(adapter, model)
+    names = sorted(fitted.layers)
+    first = None
+    for basis in BASES:
+        d = decompose(model, names, alpha=fitted.config.alpha, basis=basis, cache_dir=cache_dir,
+                      progress=False)
+        try:
+            check_against(fitted, d)
+            return fitted, d
+        except AdapterError as e:
+            first = first or e
+    raise first

@@ -65,8 +65,9 @@ def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.d
     adapters trained on it export to PEFT exactly."""
     out_f, in_f = weights[0].shape
     if basis == "peft":
-        with _threads_for(len(weights) * out_f * in_f * in_f):
-            V = peft_joint_basis(weights, alpha).to(weights[0].dtype)
+        # torch's own thread count, as in PEFT: LAPACK results can depend on it, and PEFT
+        # recomputes this basis when it loads an exported adapter
+        V = peft_joint_basis(weights, alpha).to(weights[0].dtype)
         Us, ls = [], []
         for w in weights:
             U, lam = split_in_basis(w, V)
