@@ -24,7 +24,7 @@ from .block_manager import BlockManager, KVCache
 from .detokenizer import flush_text, update_text
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
 from .model_runner import DECODERS, ENCODERS, ModelRunner, encode, wrap_model
-from .outputs import GenerationResult, RequestOutput
+from .outputs import CompletionOutput, GenerationResult, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
 from .scheduler import Scheduler
@@ -46,6 +46,12 @@ _LIMITS = {
     "merge_hot": (),                # adapter names served with a merged weight (opt-in)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
 }
+
+
+def _so_far(seq: Sequence, reason: str | None) -> CompletionOutput:
+    """vLLM-shaped cumulative output of ``seq`` (text and token ids emitted so far)."""
+    return CompletionOutput(0, seq.text[:seq.emitted_text_len],
+                            list(seq.output_ids[:seq.emitted_tokens]), reason)
 
 
 def _load_hf(path: Path, dtype, device):
@@ -311,7 +317,8 @@ class Engine:
         new_ids = seq.output_ids[seq.emitted_tokens:]
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
-        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason))
+        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason,
+                                  [_so_far(seq, reason)]))
         with self._lock:
             self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
@@ -373,7 +380,8 @@ class Engine:
             else:
                 new_ids = seq.output_ids[seq.emitted_tokens:]
                 seq.emitted_tokens = seq.num_output
-                outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None))
+                outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None,
+                                          [_so_far(seq, None)]))
         return outs
 
     # ---- offline helpers -------------------------------------------------------------------
@@ -432,7 +440,11 @@ class Engine:
 
     def stream(self, prompt, adapter=None, sampling=None, **sampling_kw
                ) -> Iterator[RequestOutput]:
-        """Yield the RequestOutputs of one request as they are produced (drives step())."""
+        """Yield the RequestOutputs of one request as they are produced (drives step()).
+
+        Each carries this step's delta (``new_text``, ``new_token_ids``) and, as vLLM's
+        streaming does, the cumulative ``outputs[0].text`` / ``outputs[0].token_ids``; the last
+        has ``finished=True`` and ``finish_reason``."""
         sp = SamplingParams.build(sampling, **sampling_kw)
         rid = self.add_request(prompt, adapter, sp)
         try:
