@@ -100,7 +100,8 @@ def test_adapter_of_another_model_one_error_everywhere(llama_base, capsys):
     import re
     err = capsys.readouterr().err
     assert rc == 2 and re.search(WANT, err), err
-    with ServerThread(eng) as srv:                                         # server
+    from frod_rt.server.config import ServerConfig
+    with ServerThread(eng, config=ServerConfig(allow_adapter_loading=llama_base["root"])) as srv:
         r = httpx.post(srv.url + "/v1/adapters", json={"name": "b",
                                                        "path": str(llama_base["bert_ad"])})
     assert r.status_code == 400 and re.search(WANT, r.json()["error"]["message"])

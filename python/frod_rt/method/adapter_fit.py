@@ -40,17 +40,23 @@ def model_linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _mismatch(adapter: AdapterFile, weights: dict, rename) -> str | None:
-    """The first layer of ``adapter`` missing from ``weights`` (under ``rename``) or of
-    another shape, described; None when every layer fits."""
+def _mismatch(adapter: AdapterFile, model: nn.Module, weights: dict, rename) -> str | None:
+    """The first layer of ``adapter`` (under ``rename``) that is missing from ``model``, not an
+    adaptable layer, or of another shape, described; None when every layer fits."""
+    modules = None
     for key, c in adapter.config.categories.items():
         for name in c["layers"]:
             w = weights.get(rename(name))
             if w is None:
-                return f"layer {name!r} ({c['out']}x{c['in']}) is not in this base"
+                modules = modules if modules is not None else dict(model.named_modules())
+                m = modules.get(rename(name))
+                if m is not None:
+                    return (f"layer {name!r} is a {type(m).__name__} in this base; FRoD adapts "
+                            "nn.Linear and Conv1D layers only")
+                return f"layer {name!r} ({c['out']}x{c['in']}) does not exist in this base"
             if tuple(w.shape) != (c["out"], c["in"]):
-                return (f"layer {name!r} has shape {c['out']}x{c['in']} in the adapter, "
-                        f"{w.shape[0]}x{w.shape[1]} in this base")
+                return (f"layer {name!r} has shape {w.shape[0]}x{w.shape[1]} in this base, the "
+                        f"adapter's category {key!r} says {c['out']}x{c['in']}")
     return None
 
 
@@ -109,12 +115,12 @@ def fit_adapter_to_model(adapter: AdapterFile, model: nn.Module) -> AdapterFile:
     (see the module docstring); else AdapterError "trained for <model>, this base is <model>".
     """
     weights = model_linear_weights(model)
-    detail = _mismatch(adapter, weights, lambda n: n)
+    detail = _mismatch(adapter, model, weights, lambda n: n)
     if detail is None:
         return adapter
     first = next(iter(adapter.config.categories.values()))["layers"][0]
     for how, rename in _renames(first, weights):
-        if _mismatch(adapter, weights, rename) is None:
+        if _mismatch(adapter, model, weights, rename) is None:
             mapped = _renamed(adapter, weights, rename, how)
             if mapped is not None:
                 return mapped

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .categories import category_key
+
 FORMAT_NAME = "frod_rt.adapter"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -104,6 +106,8 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
             _fail(path, f"config field {key!r} has the wrong type {type(raw[key]).__name__}")
     if not all(isinstance(t, str) for t in raw["target_modules"]):
         _fail(path, "target_modules must be a list of strings")
+    if raw["seed"] < 0:
+        _fail(path, f"config field 'seed' must be >= 0, got {raw['seed']}")
     if not (0.0 <= float(raw["sparse_rate"]) <= 1.0) or not float(raw["alpha"]) > 0:
         _fail(path, f"sparse_rate {raw['sparse_rate']!r} / alpha {raw['alpha']!r} out of range")
     cats = {}
@@ -125,6 +129,9 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
         for name in layers:
             if name in seen:
                 _fail(path, f"layer {name!r} is listed twice")
+            if category_key(name, c["out"], n) != key:
+                _fail(path, f"layer {name!r} cannot belong to category {key!r} (its category "
+                            f"would be {category_key(name, c['out'], n)!r})")
             seen.add(name)
         fp = c.get("fingerprint", "")
         if not isinstance(fp, str):
