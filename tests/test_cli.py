@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
@@ -21,6 +19,8 @@ from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
 from frod_rt.server import free_port
+
+from engine_helpers import wait_for_server
 
 # the child processes import the same frod_rt as this one (installed or in-tree)
 PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
@@ -201,16 +201,7 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "frod-rt serve did not come up"
-            time.sleep(0.3)
+        wait_for_server(proc, url)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "tuned"]
         texts = {}

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,15 +17,15 @@ import torch
 
 peft = pytest.importorskip("peft")
 
-from peft import FrodConfig as PeftFrodConfig  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-
 from frod_rt import FrodConfig, get_frod_model  # noqa: E402
 from frod_rt.engine import Engine  # noqa: E402
 from frod_rt.engine.toy import (load_merged, merged_weights, random_adapter,  # noqa: E402
                                 save_toy_model, toy_llama, toy_tokenizer)
 from frod_rt.method.decompose import decompose  # noqa: E402
 from frod_rt.server import free_port  # noqa: E402
+
+from engine_helpers import wait_for_server  # noqa: E402
+from frod_models import trained_peft  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # v_proj (16x32, two layers) stacks to a square: every eigenvalue of T is equal, so PEFT's
@@ -41,18 +40,7 @@ def setup(tmp_path_factory):
     model = toy_llama(vocab_size=len(tok), hidden=32, intermediate=48, std=0.1, seed=4,
                       eos_token_id=None)
     base = save_toy_model(model, tok, root / "base")
-    pm = get_peft_model(copy.deepcopy(model), PeftFrodConfig(target_modules=PEFT_TARGETS,
-                                                             sparse_rate=0.05,
-                                                             progressbar=False))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for mod in pm.modules():
-            if hasattr(mod, "frod_lambda_l") and "default" in mod.frod_lambda_l:
-                lam = mod.frod_lambda_l["default"]
-                scale = float(lam.abs().mean())
-                lam.mul_(1 + 1.0 * torch.randn(lam.shape, generator=g))
-                sv = mod.frod_lambda_s_values["default"]
-                sv.copy_(0.5 * scale * torch.randn(sv.shape, generator=g))
+    pm = trained_peft(model, PEFT_TARGETS, seed=5, lam_noise=1.0, s_scale=0.5)
     pm.eval().save_pretrained(root / "peft")
     native = random_adapter(model, root / "native", ["q_proj", "v_proj"], scale=0.3,
                             cache_dir=root / "cache")
@@ -130,16 +118,7 @@ def test_frod_rt_serve_gives_peft_greedy_text(setup):
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "frod-rt serve did not come up"
-            time.sleep(0.3)
+        wait_for_server(proc, url)
         for p in PROMPTS:
             r = httpx.post(url + "/v1/completions", json={
                 "model": "peft", "prompt": p, "max_tokens": 8, "temperature": 0,

@@ -13,13 +13,14 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from peft import FrodConfig as PeftFrodConfig  # noqa: E402
-from peft import PeftModel, get_peft_model  # noqa: E402
+from peft import PeftModel  # noqa: E402
 
 from frod_rt import FrodConfig, get_frod_model, read_adapter  # noqa: E402
 from frod_rt.cli import main  # noqa: E402
 from frod_rt.interop import export_peft  # noqa: E402
 from frod_rt.method.decompose import decompose  # noqa: E402
+
+from frod_models import trained_peft  # noqa: E402
 
 BERT_TARGETS = ["query", "value", "intermediate.dense", "output.dense"]
 LLAMA_TARGETS = ["q_proj", "k_proj", "o_proj", "up_proj", "down_proj"]
@@ -131,17 +132,7 @@ def test_engine_loads_a_peft_directory(tmp_path):
     from frod_rt.engine.toy import toy_llama
     base = toy_llama(vocab_size=97, hidden=32, intermediate=88, std=0.1, seed=1,
                      eos_token_id=None)
-    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=["q_proj"],
-                                                            sparse_rate=0.05, progressbar=False))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for mod in pm.modules():
-            if hasattr(mod, "frod_lambda_l") and "default" in mod.frod_lambda_l:
-                lam = mod.frod_lambda_l["default"]
-                scale = float(lam.abs().mean())
-                lam.mul_(1 + 2.0 * torch.randn(lam.shape, generator=g))
-                sv = mod.frod_lambda_s_values["default"]
-                sv.copy_(scale * torch.randn(sv.shape, generator=g))
+    pm = trained_peft(base, ["q_proj"], seed=5, lam_noise=2.0, s_scale=1.0)
     pm.eval().save_pretrained(tmp_path / "peft")
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["peft_type"] == "FROD"
     eng = Engine.load(copy.deepcopy(base), adapters={"p": tmp_path / "peft"},

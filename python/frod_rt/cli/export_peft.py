@@ -18,13 +18,18 @@ def add_parser(sub) -> None:
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("adapter", metavar="ADAPTER", help="frod_rt adapter directory")
+    add_conversion_options(p, "output directory (PEFT format)",
+                           "largest accepted relative error of a layer's update (default 1e-3)")
+    p.set_defaults(run=run)
+
+
+def add_conversion_options(p, out_help: str, tol_help: str) -> None:
+    """--base, --out, --tol, --cache-dir, --overwrite (shared by ``import`` and ``export``)."""
     p.add_argument("--base", required=True, help="base model directory the adapter was trained on")
-    p.add_argument("--out", required=True, help="output directory (PEFT format)")
-    p.add_argument("--tol", type=float, default=1e-3,
-                   help="largest accepted relative error of a layer's update (default 1e-3)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--tol", type=float, default=1e-3, help=tol_help)
     p.add_argument("--cache-dir", default=None, help="decomposition cache")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.set_defaults(run=run)
 
 
 def out_dir(value: str, overwrite: bool):

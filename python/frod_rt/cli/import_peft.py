@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from .common import CLIError, existing_dir, load_hf_model
-from .export_peft import out_dir
+from .export_peft import add_conversion_options, out_dir
 
 
 def add_parser(sub) -> None:
@@ -19,19 +19,16 @@ def add_parser(sub) -> None:
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("peft_adapter", metavar="PEFT_DIR", help="PEFT FRoD adapter directory")
-    p.add_argument("--base", required=True, help="base model directory it was trained on")
-    p.add_argument("--out", required=True, help="output directory (frod_rt adapter)")
+    add_conversion_options(p, "output directory (frod_rt adapter)",
+                           "largest accepted relative error on frod_rt's basis (default 1e-3)")
     p.add_argument("--name", default=None, help="adapter name (default: basename of --out)")
     p.add_argument("--basis", default="auto", choices=("auto", "frod_rt", "file"))
-    p.add_argument("--tol", type=float, default=1e-3,
-                   help="largest accepted relative error on frod_rt's basis (default 1e-3)")
-    p.add_argument("--cache-dir", default=None, help="decomposition cache")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..interop.peft import import_peft
+    from ..engine.adapter_sources import BASIS_DIR
     from ..method.adapter_io import write_adapter
     if not args.tol > 0:
         raise CLIError(f"--tol must be > 0, got {args.tol}")
@@ -42,7 +39,7 @@ def run(args) -> int:
                       cache_dir=args.cache_dir)
     write_adapter(res.adapter, out)
     if res.basis != "frod_rt":
-        res.decomposition.save(out / "decomposition")
+        res.decomposition.save(out / BASIS_DIR)   # where the engine looks for its basis
     print(f"imported {src} as {res.adapter.name!r} into {out} ({res.basis} basis; measured "
           f"relative error {res.max_rel_error:.2e})")
     if res.ignored_keys:
