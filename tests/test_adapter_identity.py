@@ -184,3 +184,14 @@ def test_inspect_shows_both_fingerprints_and_whether_it_fits(llama_base, tmp_pat
     assert main(["inspect", str(tmp_path / "cls_ad"), "--base", str(tmp_path / "backbone"),
                  "--cache-dir", cache]) == 0
     assert "yes (frod_rt basis, layer names mapped (removed 'bert.'))" in capsys.readouterr().out
+
+
+def test_base_fingerprint_follows_in_place_weight_changes():
+    """The remembered fingerprint of a model is recomputed when a weight changes in place."""
+    from frod_rt.method.fingerprint import model_fingerprint
+    m = tiny_bert(0)
+    a = model_fingerprint(m)
+    assert model_fingerprint(m) == a == model_fingerprint(tiny_bert(0))
+    with torch.no_grad():
+        m.encoder.layer[1].output.dense.weight[0, 0] += 1.0
+    assert model_fingerprint(m) != a

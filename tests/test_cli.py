@@ -24,7 +24,7 @@ from engine_helpers import wait_for_server
 
 # the child processes import the same frod_rt as this one (installed or in-tree)
 PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
-COMMANDS = ["decompose", "train", "inspect", "generate", "serve"]
+COMMANDS = ["decompose", "train", "inspect", "generate", "serve", "import", "export"]
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ size, layers) quoted by "trained for another model" errors.
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import torch
 
@@ -62,17 +63,33 @@ def decomposition_fingerprint(alpha: float, category_fps: dict[str, str],
     return h.hexdigest()
 
 
+_MODEL_FPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _hashed_tensors(model: torch.nn.Module):
+    for name, t in model.state_dict().items():
+        if isinstance(t, torch.Tensor) and not any(p.startswith("frod_") for p in name.split(".")):
+            yield name, t
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """The **base fingerprint**: sha256 hex over (name, shape, dtype, raw bytes) of every tensor
     of ``model.state_dict()``, in order, leaving out FRoD adapter values (``frod_*`` entries of
-    a model already wrapped by :class:`FrodModel`). Hashes every weight once (~1 GB/s)."""
+    a model already wrapped by :class:`FrodModel`). Hashes every weight once (~1 GB/s); the
+    result is remembered per model until a tensor is replaced or changed in place (its data
+    pointer or version counter moves), so repeated decompositions of one base hash it once."""
+    tensors = list(_hashed_tensors(model))
+    sig = tuple((n, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for n, t in tensors)
+    hit = _MODEL_FPS.get(model)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
     h = hashlib.sha256(b"frod_rt.base-weights v1\n")
-    for name, t in model.state_dict().items():
-        if not isinstance(t, torch.Tensor) or any(p.startswith("frod_") for p in name.split(".")):
-            continue
+    for name, t in tensors:
         h.update(f"{name} {tuple(t.shape)} {t.dtype}\n".encode())
         h.update(_tensor_bytes(t))
-    return h.hexdigest()
+    fp = h.hexdigest()
+    _MODEL_FPS[model] = (sig, fp)
+    return fp
 
 
 def describe_model(model: torch.nn.Module) -> dict:
