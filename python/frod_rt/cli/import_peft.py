@@ -28,8 +28,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..interop.peft import import_peft
-    from ..engine.adapter_sources import BASIS_DIR
-    from ..method.adapter_io import write_adapter
     if not args.tol > 0:
         raise CLIError(f"--tol must be > 0, got {args.tol}")
     src = existing_dir(args.peft_adapter, "PEFT adapter directory")
@@ -37,9 +35,7 @@ def run(args) -> int:
     model = load_hf_model(existing_dir(args.base, "base model directory"))
     res = import_peft(src, model, basis=args.basis, name=args.name or out.name, tol=args.tol,
                       cache_dir=args.cache_dir)
-    write_adapter(res.adapter, out)
-    if res.basis != "frod_rt":
-        res.decomposition.save(out / BASIS_DIR)   # where the engine looks for its basis
+    res.save(out)          # with OUT/decomposition/ when kept in PEFT's basis
     print(f"imported {src} as {res.adapter.name!r} into {out} ({res.basis} basis; measured "
           f"relative error {res.max_rel_error:.2e})")
     if res.ignored_keys:

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..method.adapter_io import CONFIG_NAME, AdapterError, read_adapter, write_adapter
+from ..method.adapter_io import BASIS_DIR, CONFIG_NAME, AdapterError, read_adapter, write_adapter
 
 PEFT_CONFIG_NAME = "adapter_config.json"
-BASIS_DIR = "decomposition"          # a foreign basis saved next to an adapter
 BASIS_TOL = 1e-3                     # largest relative reconstruction error of a saved basis
 
 
@@ -42,9 +41,8 @@ def prepare_adapter_dir(name: str, path: Path, model, work_dir: Path, cache_dir=
         # decomposes the adapter's layers in frod_rt's basis (cached per category on disk, so
         # the same categories the engine serves)
         res = import_peft(path, model, basis="auto", name=name, cache_dir=cache_dir)
-        out = _write(res.adapter, work_dir, name)
-        if res.basis != "frod_rt":
-            res.decomposition.save(out / BASIS_DIR)
+        out = Path(work_dir) / f"adapter-{uuid.uuid4().hex}"
+        res.save(out)                  # with its decomposition when kept in PEFT's basis
         return out
     if not (path / CONFIG_NAME).is_file():
         return path                           # read_adapter in the manager names the problem

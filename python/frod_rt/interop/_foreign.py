@@ -338,3 +338,16 @@ def resolve_basis(layers: list[ForeignLayer], base_model, *, basis: str,
                               extra=dict(extra, frod_rt_basis_rejected=err), dtype=dtype, tag=tag,
                               identity=base_identity(base_model))
     return adapter, dec, "file", 0.0
+
+
+def save_import(adapter: AdapterFile, decomposition: Decomposition, basis: str, path) -> None:
+    """Write an imported adapter to the directory ``path`` so that the engine serves it: the
+    adapter files and, when it was kept in a foreign basis (``basis != "frod_rt"``), its
+    decomposition in ``path/decomposition`` (``Decomposition.save``), which the engine loads
+    as a basis of its own."""
+    from pathlib import Path
+
+    from ..method.adapter_io import BASIS_DIR, write_adapter
+    write_adapter(adapter, path)
+    if basis != "frod_rt":
+        decomposition.save(Path(path) / BASIS_DIR)

@@ -43,7 +43,7 @@ from ..method.joint import peft_joint_basis
 from ..method.patterns import delta_pattern
 from .peft_dir import read_peft_frod_dir, split_lambda_tensors
 from ._foreign import (ForeignLayer, check_foreign_bases, foreign_split, resolve_basis,
-                       signed_permutation)
+                       save_import, signed_permutation)
 
 __all__ = ["PeftImport", "import_peft", "export_peft", "peft_category", "peft_projections"]
 
@@ -63,6 +63,11 @@ class PeftImport:
     basis: str
     max_rel_error: float
     ignored_keys: list[str]
+
+    def save(self, path) -> None:
+        """Write the adapter to ``path``, with its decomposition (``path/decomposition``) when
+        it is kept in a foreign basis, so ``Engine.load`` / ``frod-rt serve`` serve it."""
+        save_import(self.adapter, self.decomposition, self.basis, path)
 
 
 # ----------------------------------------------------------------- PEFT's own conventions

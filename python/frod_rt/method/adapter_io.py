@@ -33,6 +33,7 @@ FORMAT_NAME = "frod_rt.adapter"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "frod_adapter.json"
+BASIS_DIR = "decomposition"     # an adapter's own basis, saved next to it (imports in a foreign basis)
 WEIGHTS_NAME = "frod_adapter.safetensors"
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
