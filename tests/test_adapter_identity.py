@@ -41,7 +41,7 @@ def test_base_fingerprint_is_the_weights_alone():
     assert len(fps) == 4                                  # targets, alpha, basis all count
     assert decompose(tiny_bert(1), ["query"], progress=False).base_fingerprint != a.base_fingerprint
     assert a.base_model == {"architecture": "BertModel", "model_type": "bert",
-                            "hidden_size": 24, "num_layers": 2}
+                            "hidden_size": 24, "num_layers": 2, "dtype": "float32"}
 
 
 def test_adapter_files_record_both_and_format_1_still_loads(tmp_path):
@@ -79,8 +79,8 @@ def llama_base(tmp_path_factory):
     return {"root": root, "model": model, "base": base, "bert_ad": root / "bert_ad"}
 
 
-WANT = r"trained for BertModel \(bert, hidden size 24, 2 layers\), this base is LlamaForCausalLM " \
-       r"\(llama, hidden size 32, 2 layers\)"
+WANT = r"trained for BertModel \(bert, hidden size 24, 2 layers, float32\), this base is " \
+       r"LlamaForCausalLM \(llama, hidden size 32, 2 layers, float32\)"
 
 
 def test_adapter_of_another_model_one_error_everywhere(llama_base, capsys):
@@ -171,7 +171,7 @@ def test_inspect_shows_both_fingerprints_and_whether_it_fits(llama_base, tmp_pat
     assert f"base fingerprint {own.config.base_fingerprint}" in out
     assert f"decomposition    {own.config.decomposition_fingerprint}" in out
     assert own.config.base_fingerprint == model_fingerprint(llama_base["model"])
-    assert "trained for      LlamaForCausalLM (llama, hidden size 32, 2 layers)" in out
+    assert "trained for      LlamaForCausalLM (llama, hidden size 32, 2 layers, float32)" in out
     assert "fits this base   yes (frod_rt basis)" in out
     assert main(["inspect", str(llama_base["bert_ad"]), "--base", str(llama_base["base"]),
                  "--cache-dir", cache, "--json"]) == 1

@@ -93,8 +93,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def describe_model(model: torch.nn.Module) -> dict:
-    """``{"architecture", "model_type", "hidden_size", "num_layers"}`` of a (transformers)
-    model: its class name and, where its config has them, the rest (None otherwise)."""
+    """``{"architecture", "model_type", "hidden_size", "num_layers", "dtype"}`` of a
+    (transformers) model: its class name, the dtype of its first floating-point parameter and,
+    where its config has them, the rest (None otherwise)."""
     cfg = getattr(model, "config", None)
 
     def get(*names):
@@ -103,18 +104,22 @@ def describe_model(model: torch.nn.Module) -> dict:
             if isinstance(v, (int, str)) and not isinstance(v, bool):
                 return v
         return None
+    dtype = next((str(p.dtype).replace("torch.", "") for p in model.parameters()
+                  if p.is_floating_point()), None)
     return {"architecture": type(model).__name__, "model_type": get("model_type"),
             "hidden_size": get("hidden_size", "n_embd", "d_model"),
-            "num_layers": get("num_hidden_layers", "n_layer", "num_layers")}
+            "num_layers": get("num_hidden_layers", "n_layer", "num_layers"), "dtype": dtype}
 
 
 def model_summary(info: dict | None) -> str:
-    """``"BertModel (bert, hidden size 384, 6 layers)"`` from :func:`describe_model`'s dict."""
+    """``"BertModel (bert, hidden size 384, 6 layers, float32)"`` from :func:`describe_model`'s
+    dict."""
     if not info or not info.get("architecture"):
         return "an unrecorded model"
     parts = [p for p in (info.get("model_type"),
                          f"hidden size {info['hidden_size']}" if info.get("hidden_size") else None,
-                         f"{info['num_layers']} layers" if info.get("num_layers") else None) if p]
+                         f"{info['num_layers']} layers" if info.get("num_layers") else None,
+                         info.get("dtype")) if p]
     return info["architecture"] + (f" ({', '.join(parts)})" if parts else "")
 
 
