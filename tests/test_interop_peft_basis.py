@@ -150,3 +150,39 @@ def test_engine_loads_a_peft_directory(tmp_path):
         changed += want != plain
     assert changed, "the adapter never changed the greedy tokens: the test would prove nothing"
     eng.close()
+
+
+def test_cli_train_on_peft_basis_then_export(tmp_path, capsys):
+    """``frod-rt train --basis peft`` then ``frod-rt export``: PEFT loads the adapter and its
+    logits equal frod_rt's."""
+    import re
+
+    from frod_rt.engine.toy import save_toy_model, toy_llama, toy_tokenizer
+    tok = toy_tokenizer()
+    model = toy_llama(vocab_size=len(tok), hidden=32, intermediate=48, std=0.1, seed=2)
+    base = save_toy_model(model, tok, tmp_path / "base")
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in (
+        "the quick brown fox jumps over the lazy dog", "once upon a time there was a fox",
+        "a journey of a thousand miles begins with one step")) + "\n")
+    assert main(["train", str(base), "--data", str(data), "--out", str(tmp_path / "ad"),
+                 "--steps", "3", "--batch-size", "2", "--lr-s", "2e-2", "--lr-dl", "2e-2",
+                 "--sparse-rate", "0.05", "--targets", "q_proj", "o_proj", "up_proj",
+                 "--basis", "peft", "--cache-dir", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ad"), "--base", str(base), "--out",
+                 str(tmp_path / "peft"), "--cache-dir", str(tmp_path / "c")]) == 0
+    err = float(re.search(r"error of the update (\S+)", capsys.readouterr().out).group(1))
+    assert err < 1e-6
+    pm = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "peft").eval()
+    fm = get_frod_model(copy.deepcopy(model), FrodConfig(["q_proj", "o_proj", "up_proj"],
+                                                         progress=False,
+                                                         cache_dir=tmp_path / "c"),
+                        decomposition=decompose(model, ["q_proj", "o_proj", "up_proj"],
+                                                basis="peft", cache_dir=tmp_path / "c",
+                                                progress=False))
+    fm.load_adapter(tmp_path / "ad", "trained")
+    with fm.adapter_routing(["trained"] * IDS.shape[0]):
+        ours = _out(fm.eval())
+    assert float((ours - _out(model)).abs().max()) > 1e-3       # training changed the model
+    torch.testing.assert_close(_out(pm), ours, rtol=1e-4, atol=1e-5)
