@@ -16,20 +16,3 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
                          do_sample=False, pad_token_id=0)
     return out[0, len(prompt):].tolist()
 
-
-def wait_for_server(proc, url: str, timeout: float = 240.0) -> None:
-    """Wait until the server process ``proc`` answers ``url + "/health"`` with 200; fails the
-    test with its stderr if it exits first, or after ``timeout`` seconds."""
-    import time
-
-    import httpx
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.3)

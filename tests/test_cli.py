@@ -4,26 +4,18 @@ trip through the real ``frod-rt serve`` process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import openai
 import pytest
+from serve_process import child_env, serve_process
 
-import frod_rt
 from frod_rt.cli import main
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
-from frod_rt.server import free_port
 
-from engine_helpers import wait_for_server
-
-# the child processes import the same frod_rt as this one (installed or in-tree)
-PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
 COMMANDS = ["decompose", "train", "inspect", "generate", "serve", "import", "export"]
 
 
@@ -42,13 +34,6 @@ def toy(tmp_path_factory):
             {"text": "once upon a time there was a small model ."}]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return {"root": root, "base": base, "cache": cache, "adapter": adapter, "data": data}
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYTHON_DIR + (os.pathsep + env["PYTHONPATH"]
-                                      if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _bad(capsys, argv, *words):
@@ -118,7 +103,7 @@ def test_bad_input_exit_2(toy, capsys, tmp_path):
 def test_console_entry_point_bad_input(tmp_path):
     """The real process: exit code 2, one line on stderr, no traceback."""
     p = subprocess.run([sys.executable, "-m", "frod_rt.cli", "inspect", str(tmp_path / "x")],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+                       capture_output=True, text=True, env=child_env(), timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
         f"frod-rt inspect: error: adapter directory not found: {tmp_path / 'x'}"]
@@ -193,15 +178,9 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
     _bad(capsys, ["train", str(toy["base"]), "--data", str(toy["data"]), "--out", str(out)],
          "--overwrite")
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "frod_rt.cli", "serve", "--base", str(toy["base"]),
-           "--adapter", f"tuned={out}", "--port", str(port), "--cache-dir", str(toy["cache"]),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(proc, url)
+    args = ["--base", str(toy["base"]), "--adapter", f"tuned={out}",
+            "--cache-dir", str(toy["cache"]), "--log-level", "warning"]
+    with serve_process(args) as (proc, url):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "tuned"]
         texts = {}
@@ -215,14 +194,15 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
         ref = eng.generate("the quick brown fox", adapter="tuned", max_tokens=8,
                            ignore_eos=True)[0]
         assert texts["tuned"] == ref.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
     err = proc.stderr.read()
-    assert rc == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
+    assert proc.returncode == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
     assert "Traceback" not in err
     assert "frod-rt serve: stopped" in proc.stdout.read()
+
+
+def test_train_defaults_are_the_papers_for_causal_lms():
+    """``frod-rt train`` (causal LMs only) defaults to the paper's LLaMA settings: LR 1e-5 for
+    s, 1e-4 for dl, sparse rate 0.02."""
+    from frod_rt.cli import build_parser
+    args = build_parser().parse_args(["train", "base", "--data", "d.jsonl", "--out", "o"])
+    assert (args.lr_s, args.lr_dl, args.sparse_rate) == (1e-5, 1e-4, 0.02)

@@ -5,11 +5,6 @@ PEFT-trained FRoD adapter served by ``frod-rt serve`` gives PEFT's greedy text."
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,12 +17,10 @@ from frod_rt.engine import Engine  # noqa: E402
 from frod_rt.engine.toy import (load_merged, merged_weights, random_adapter,  # noqa: E402
                                 save_toy_model, toy_llama, toy_tokenizer)
 from frod_rt.method.decompose import decompose  # noqa: E402
-from frod_rt.server import free_port  # noqa: E402
 
-from engine_helpers import wait_for_server  # noqa: E402
+from serve_process import serve_process  # noqa: E402
 from frod_models import trained_peft  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 # v_proj (16x32, two layers) stacks to a square: every eigenvalue of T is equal, so PEFT's
 # basis is not a signed permutation of frod_rt's and the import keeps PEFT's own basis
 PEFT_TARGETS = ["q_proj", "v_proj", "up_proj"]
@@ -95,14 +88,6 @@ def test_one_batch_over_three_bases(setup):
     eng.close()
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "python"), env.get("PYTHONPATH"))
-                                        if p)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
-
-
 @pytest.mark.slow
 def test_frod_rt_serve_gives_peft_greedy_text(setup):
     """``frod-rt serve --adapter peft=<PEFT FRoD dir>``: the served greedy completion equals
@@ -110,25 +95,13 @@ def test_frod_rt_serve_gives_peft_greedy_text(setup):
     s = setup
     want = {p: s["tok"].decode(_greedy(s["pm"], s["tok"], p, 8), skip_special_tokens=True)
             for p in PROMPTS}
-    port = free_port()
-    cmd = [sys.executable, "-m", "frod_rt.cli", "serve", "--base", str(s["base"]),
-           "--adapter", f"peft={s['root'] / 'peft'}", "--port", str(port),
-           "--cache-dir", str(s["root"] / "cache"), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(proc, url)
+    args = ["--base", str(s["base"]), "--adapter", f"peft={s['root'] / 'peft'}",
+            "--cache-dir", str(s["root"] / "cache"), "--log-level", "warning"]
+    with serve_process(args) as (proc, url):
         for p in PROMPTS:
             r = httpx.post(url + "/v1/completions", json={
                 "model": "peft", "prompt": p, "max_tokens": 8, "temperature": 0,
                 "ignore_eos": True}, timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["text"] == want[p], p
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    assert proc.returncode == 0

@@ -24,6 +24,9 @@
   until its last bound request ends. It is never re-read from disk (the directory may hold
   the new version): if it was already out of memory when removed, a preempted request ends
   with the same error.
+* Virtual instances (``virtual``): an in-memory file under no registered name, e.g. a blend
+  of adapters (``engine/blends.py``); bound by instance, never evicted from the host tier,
+  ended with ``retire``.
 """
 from __future__ import annotations
 
@@ -114,6 +117,7 @@ class AdapterManager:
         self.host_evictions_total = 0
         self.loads_total = 0             # host -> device copies
         self.disk_reads_total = 0
+        self.heads: dict = {}      # name -> models.layers.AdapterHead (set by the engine)
 
     # ---- registry --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -123,12 +127,16 @@ class AdapterManager:
     def __contains__(self, name) -> bool:
         return name in self.entries
 
-    def bind(self, name: str | None) -> AdapterInstance | None:
-        """The current instance of ``name`` (None for the base model), counted as used by one
-        more request until :meth:`unbind`. Raises UnknownAdapterError."""
+    def bind(self, name: str | AdapterInstance | None) -> AdapterInstance | None:
+        """The current instance of ``name`` (None for the base model; an instance itself for
+        a virtual one), counted as used by one more request until :meth:`unbind`. Raises
+        UnknownAdapterError."""
         if name is None:
             return None
         with self.lock:
+            if isinstance(name, AdapterInstance):
+                name.requests += 1
+                return name
             e = self.entries.get(name)
             if e is None:
                 raise UnknownAdapterError(name, self.entries)
@@ -192,6 +200,7 @@ class AdapterManager:
         (patterns resolved here, off the scheduling path: imported ones are hashed)."""
         from ..method.adapter_io import AdapterError, read_adapter
         f = read_adapter(path, name=name)
+        self._check_heads(f)
         d = self._basis_for(f, path)       # outside the lock: may decompose (slow, cached)
         missing = [n for n in f.layers if n not in self.layers]
         if missing:
@@ -200,6 +209,21 @@ class AdapterManager:
         patterns = {n: delta_pattern(delta, d, d.layers[n].category, f.config.seed)
                     for n, delta in f.layers.items()}
         return f, d, patterns
+
+    def _check_heads(self, f) -> None:
+        """An adapter's ``modules_to_save`` must be heads this model serves, same shapes."""
+        from ..method.adapter_io import AdapterError
+        for mname, sd in f.modules.items():
+            if mname not in self.heads:
+                raise AdapterError(f"adapter {f.name!r}: carries module {mname!r}; this engine "
+                                   f"serves trained heads {sorted(self.heads)} only")
+            own = self.heads[mname].expected()
+            got = {k: tuple(t.shape) for k, t in sd.items()}
+            if own != got:
+                raise AdapterError(f"adapter {f.name!r}: head {mname!r} has tensors {got}, the "
+                                   f"model's are {own}")
+
+
 
     def add(self, name: str, path) -> None:
         """Register adapter ``name`` from directory ``path`` (read + validated now)."""
@@ -237,11 +261,37 @@ class AdapterManager:
             e = self.entries.pop(name, None)
             if e is None:
                 raise UnknownAdapterError(name, self.entries)
+            self.retire(e)
+
+    def retire(self, e: AdapterInstance) -> None:
+        """End instance ``e`` (``remove`` does this for a name; blends call it directly):
+        requests bound to it that started keep it, the others end as for a removed adapter."""
+        with self.lock:
             e.removed = True
             self.host_lru.pop(e, None)        # no longer evictable: its requests may need it
             if e.slot >= 0 and e.pins == 0:
                 self.device_lru.pop(e.slot, None)
             self._drop_if_unused(e)
+
+    def host_file(self, name: str):
+        """The parsed file of the current instance of ``name`` (read from its directory again
+        if it left the host tier). Raises UnknownAdapterError."""
+        with self.lock:
+            e = self.entries.get(name)
+            if e is None:
+                raise UnknownAdapterError(name, self.entries)
+            f, path = e.file, e.path
+        return f if f is not None else self._read(name, path)[0]
+
+    def virtual(self, name: str, file) -> AdapterInstance:
+        """An instance of the in-memory ``file`` under no registered name (module docstring):
+        checked against the base decomposition; its patterns resolved as for a file read."""
+        from ..method.adapter_io import check_against
+        d = self.decomposition
+        check_against(file, d)
+        patterns = {n: delta_pattern(delta, d, d.layers[n].category, file.config.seed)
+                    for n, delta in file.layers.items()}
+        return AdapterInstance(name, None, file, patterns)
 
     def _drop_if_unused(self, e: AdapterInstance) -> None:
         """Free a removed instance's slot and file once no request uses it."""
@@ -335,7 +385,7 @@ class AdapterManager:
             e.slot = slot
             e.pins = 1
             self.slot_entry[slot] = e
-            if not e.removed:
+            if e in self.host_lru:             # (removed and virtual instances are not)
                 self.host_lru.move_to_end(e)
             return slot
 
@@ -374,6 +424,8 @@ class AdapterManager:
         self.device_lru.pop(a, None)
         e.slot = -1
         self.slot_entry[a] = None
+        for head in self.heads.values():
+            head.reset_slot(a)
 
     def _layer(self, name: str, d):
         """The adapted layer ``name`` with decomposition ``d``'s basis registered (slots are
@@ -402,6 +454,11 @@ class AdapterManager:
             layer, key = self._layer(name, d)
             layer.set_slot(a, SlotValues(delta.dl, delta.s, e.patterns[name],
                                          merge=e.name in self.hot, basis=key))
+        for hname, head in self.heads.items():       # modules_to_save copies
+            if hname in e.file.modules:
+                head.set_slot(a, e.file.modules[hname])
+            else:
+                head.reset_slot(a)
         self.loads_total += 1
 
     def ensure_host(self, e: AdapterInstance, timeout: float | None = None) -> None:

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 
 from .adapter_manager import AdapterManager
+from .blends import BlendCache
 from .block_manager import BlockManager, KVCache
 from .detokenizer import flush_text, update_text
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
@@ -45,6 +46,7 @@ _LIMITS = {
     "cache_dir": None,              # decomposition cache directory
     "progress": False,              # progress bar while decomposing
     "merge_hot": (),                # adapter names served with a merged weight (opt-in)
+    "blend_cache_capacity": 32,     # distinct blends kept when unused (see blends.py)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
     "admission_aging_steps": 16,    # skips for want of an adapter slot before others must wait
 }
@@ -110,6 +112,8 @@ class Engine:
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
                                    merge_hot=lim["merge_hot"])
         self._work_dir: Path | None = None       # converted adapters (PEFT imports, renames)
+        self.pool.heads = dict(getattr(self.model, "heads", {}))
+        self.blends = BlendCache(self.pool, int(lim["blend_cache_capacity"]))
         self._lock = threading.Lock()            # guards the incoming / abort queues
         self._model_lock = threading.RLock()     # one forward at a time
         self._incoming: deque[Sequence] = deque()
@@ -232,17 +236,25 @@ class Engine:
         the adapter *instance* they were submitted with: running ones (preempted ones too)
         finish with it, queued ones that have not started end with "adapter ... was removed"
         (``finish_reason`` "abort"); a later ``add_adapter`` of the same name is a new
-        instance that never serves earlier requests."""
+        instance that never serves earlier requests. Blends containing ``name`` end the
+        same way."""
         self.pool.remove(name)
+        self.blends.drop_component(name)
 
     def adapters(self) -> list[str]:
         return self.pool.names()
 
-    def _check_adapter(self, adapter) -> str | None:
+    def _check_adapter(self, adapter) -> str | tuple | None:
+        """None (base), an adapter name, or a blend's canonical spec ((name, weight), ...)
+        for ``{name: weight}`` (a blend of one adapter with weight 1 is that adapter)."""
         if adapter is None or adapter == "" or adapter == self.base_name:
             return None
+        if isinstance(adapter, dict):
+            spec = self.blends.spec(adapter)
+            return spec[0][0] if len(spec) == 1 and spec[0][1] == 1.0 else spec
         if not isinstance(adapter, str):
-            raise TypeError(f"adapter: expected a name or None, got {type(adapter).__name__}")
+            raise TypeError(f"adapter: expected a name, a {{name: weight}} blend or None, got "
+                            f"{type(adapter).__name__}")
         if adapter not in self.pool:
             raise UnknownAdapterError(adapter, self.pool.names())
         return adapter
@@ -262,10 +274,12 @@ class Engine:
         raise TypeError("prompt: expected a string or a list of token ids")
 
     def add_request(self, prompt, adapter=None, sampling=None, request_id=None) -> str:
-        """Queue a request (thread-safe). Returns its id.
+        """Queue a request (thread-safe). Returns its id. ``adapter``: a name, None (base),
+        or a blend ``{name: weight, ...}`` (served as one virtual adapter, see blends.py).
 
-        Raises UnknownAdapterError, ValueError (bad sampling / empty or too long prompt),
-        EngineOverloadedError when ``max_waiting`` requests are queued."""
+        Raises UnknownAdapterError, ValueError (bad sampling / empty or too long prompt, or
+        adapters that cannot be blended: BlendError), EngineOverloadedError when
+        ``max_waiting`` requests are queued."""
         if self.is_encoder:
             raise ValueError("this engine serves an encoder model: use embed() / classify()")
         adapter = self._check_adapter(adapter)
@@ -280,6 +294,18 @@ class Engine:
             raise RequestTooLargeError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) exceeds the "
                 f"engine's max_model_len {self.max_model_len}")
+        ref = None
+        if isinstance(adapter, tuple):              # a blend: its instance, bound now
+            ref = self.blends.bind(adapter)
+            adapter = ref.name
+        try:
+            return self._queue(prompt, ids, adapter, sp, request_id, ref)
+        except BaseException:
+            self.pool.unbind(ref)
+            raise
+
+    def _queue(self, prompt, ids, adapter, sp, request_id, ref) -> str:
+        """Queue the request; ``ref``: its bound adapter instance (None: bind ``adapter``)."""
         with self._lock:
             if request_id is None:
                 request_id = f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -290,7 +316,8 @@ class Engine:
                 raise EngineOverloadedError(
                     f"engine overloaded: {queued} requests waiting (max_waiting="
                     f"{self.limits['max_waiting']}); retry later")
-            ref = self.pool.bind(adapter)     # the instance this request computes with
+            if ref is None:
+                ref = self.pool.bind(adapter)     # the instance this request computes with
             seq = Sequence(str(request_id), prompt, ids, adapter, sp, adapter_ref=ref)
             if self.limits["record_logits"]:
                 seq.logits = []
@@ -308,6 +335,8 @@ class Engine:
                 self._aborts.add(request_id)
 
     def has_unfinished(self) -> bool:
+        if self.scheduler is None:            # an encoder: nothing is ever queued
+            return False
         with self._lock:
             return bool(self._incoming or self._aborts) or self.scheduler.has_unfinished()
 
@@ -328,7 +357,7 @@ class Engine:
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
         outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason, seq.error,
-                                  [_so_far(seq, reason)]))
+                                  seq.timings(), [_so_far(seq, reason)]))
         with self._lock:
             self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
@@ -470,6 +499,7 @@ class Engine:
         """Generate for one prompt or a list of prompts (text or token ids), all batched.
 
         ``adapter`` applies to every prompt; ``adapters`` gives one name (or None) per prompt.
+        A name may be replaced by a blend ``{name: weight, ...}`` (see ``add_request``).
         Returns one GenerationResult per prompt, in order. Drives ``step()`` itself, so do not
         call it while another thread runs the step loop.
         """
@@ -555,7 +585,7 @@ class Engine:
         alist = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * len(tlist)
         if len(alist) != len(tlist):
             raise ValueError(f"adapter: expected {len(tlist)} names (one per text), got {len(alist)}")
-        alist = [self._check_adapter(a) for a in alist]
+        alist = [self._check_adapter(a) for a in alist]       # names, blend specs or None
         toks, types = [], []
         for t in tlist:
             if isinstance(t, str):
@@ -567,13 +597,17 @@ class Engine:
             else:
                 toks.append(self._tokenize(t)[: self.max_model_len])
                 types.append([0] * len(toks[-1]))
+                vocab = self.hf_model.config.vocab_size
+                if toks[-1] and (min(toks[-1]) < 0 or max(toks[-1]) >= vocab):
+                    raise ValueError(f"texts: token ids must lie in [0, {vocab})")
             if not toks[-1]:
                 raise ValueError("texts: an entry has no tokens")
         with self._model_lock:
             slots = {}
             try:
                 for a in dict.fromkeys(x for x in alist if x is not None):
-                    slots[a] = self._acquire_blocking(self.pool.bind(a))
+                    ref = self.blends.bind(a) if isinstance(a, tuple) else self.pool.bind(a)
+                    slots[a] = self._acquire_blocking(ref)
                 row_slots = [slots[a] if a is not None else -1 for a in alist]
                 order = sorted(range(len(tlist)), key=lambda i: row_slots[i])
                 rs = [row_slots[i] for i in order]
@@ -612,7 +646,7 @@ class Engine:
         """Sentence embeddings (N, hidden), float32: mean of the last hidden states over each
         text's tokens, L2-normalised (as sentence-transformers' all-MiniLM-L6-v2).
         ``texts``: a string / token-id list, or a list of them. ``adapter``: one name (or
-        None) for all texts, or one per text."""
+        None, or a blend ``{name: weight}``) for all texts, or one per text."""
         def head(h, starts, lens, _):
             pooled = torch.stack([h[s:s + n].float().mean(0) for s, n in zip(starts, lens)])
             return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
@@ -641,6 +675,8 @@ class Engine:
             s["kv_blocks_used"] = self.block_manager.num_used
             s["kv_cache_bytes"] = self.kv.nbytes()
         s.update(self.pool.stats())
+        s["blends_cached"] = len(self.blends)
+        s["blend_builds_total"] = self.blends.builds_total
         return s
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None       # "stop" | "length" | "abort" | "error" | None
     error: str | None = None        # why the request failed ("error") or could not be served
+    timings: dict | None = None     # on the finishing output: Sequence.timings() (queued_s, ...)
     outputs: list[CompletionOutput] = field(default_factory=list)
 
 

@@ -106,7 +106,7 @@ def _renamed(adapter: AdapterFile, weights: dict, rename, how: str) -> AdapterFi
             layers[new] = LayerDelta(d.dl, d.s, rows, cols)
     extra = dict(cfg.extra, mapped_layer_names=how)
     new_cfg = replace(cfg, decomposition_fingerprint="", categories=cats, extra=extra)
-    return AdapterFile(adapter.name, new_cfg, layers)
+    return replace(adapter, config=new_cfg, layers=layers)     # heads (modules) kept as named
 
 
 def fit_adapter_to_model(adapter: AdapterFile, model: nn.Module) -> AdapterFile:

@@ -37,6 +37,10 @@ class FrodConfig:
         init_std: 0 initialises dl and s to zero (model unchanged); > 0 draws them from
             N(0, init_std^2) (useful for tests).
         cache_dir, progress: passed to ``decompose``.
+        modules_to_save: names (PEFT-style suffixes) of whole modules, e.g. a classifier
+            head, that this adapter trains as its own copy; saved in the adapter file.
+        k_rounding: "round" (frod_rt: ``k = round(in*in*rate)``) or "floor" (PEFT and the
+            official code: ``floor(in*in*rate)``, for adapters that must match PEFT's size).
     """
     target_modules: list[str] | str
     sparse_rate: float = 0.01
@@ -48,6 +52,8 @@ class FrodConfig:
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    modules_to_save: list[str] | None = None
+    k_rounding: str = "round"
 
     def __post_init__(self):
         tm = self.target_modules
@@ -73,6 +79,14 @@ class FrodConfig:
             raise TypeError(f"param_dtype must be a floating torch.dtype, got {self.param_dtype!r}")
         if not float(self.init_std) >= 0:
             raise ValueError(f"init_std must be >= 0, got {self.init_std!r}")
+        mts = self.modules_to_save
+        if mts is not None:
+            if isinstance(mts, str) or not isinstance(mts, (list, tuple)) or not all(
+                    isinstance(m, str) and m for m in mts):
+                raise TypeError("modules_to_save: expected a list of module names")
+            self.modules_to_save = list(mts)
+        if self.k_rounding not in ("round", "floor"):
+            raise ValueError(f"k_rounding must be 'round' or 'floor', got {self.k_rounding!r}")
         self.sparse_rate = float(self.sparse_rate)
         self.alpha = float(self.alpha)
 

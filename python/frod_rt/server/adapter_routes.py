@@ -111,7 +111,7 @@ class AdapterAdmin:
                                    param=nname, code="adapter_exists") from None
                 raise APIError(400, self._clean(str(e), root), param=pname,
                                code="invalid_adapter") from None
-            self.state.adapter_loads_total += 1
+            self.state.metrics.adapter_loads.inc()
 
     async def unload(self, name: str, vllm: bool = False) -> None:
         self._root()
@@ -123,7 +123,8 @@ class AdapterAdmin:
                        else f"adapter {name!r} is not loaded")
                 raise APIError(404, msg, param="lora_name" if vllm else "name",
                                code="model_not_found") from None
-            self.state.adapter_unloads_total += 1
+            self.state.metrics.adapter_unloads.inc()
+        self.state.metrics.sweep()
 
 
 def add_adapter_routes(app: FastAPI, state) -> AdapterAdmin:
