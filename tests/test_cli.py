@@ -16,7 +16,7 @@ from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
 
-COMMANDS = ["decompose", "train", "inspect", "generate", "serve"]
+COMMANDS = ["decompose", "train", "inspect", "generate", "serve", "import", "export"]
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +114,9 @@ def test_decompose_json(toy, capsys):
                "--cache-dir", str(toy["cache"]), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["fingerprint"]) == 64
+    assert len(out["fingerprint"]) == 64 and out["decomposition_fingerprint"] == out["fingerprint"]
+    assert len(out["base_fingerprint"]) == 64 and out["base_fingerprint"] != out["fingerprint"]
+    assert out["basis"] == "frod_rt" and out["seconds"] >= 0
     assert out["layers"] == 4 and len(out["categories"]) == 2
     for c in out["categories"]:
         assert c["max_rel_error"] < 1e-5          # float32 storage of an exact factorisation

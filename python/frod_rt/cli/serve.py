@@ -17,6 +17,7 @@ import ipaddress
 import os
 import sys
 
+from . import serve_ray
 from .common import CLIError, adapter_specs, add_engine_options, load_engine
 
 SERVE_DEPS = ("fastapi", "uvicorn", "pydantic", "starlette", "h11", "prometheus_client")
@@ -59,6 +60,7 @@ def add_parser(sub) -> None:
     g.add_argument("--timeout-keep-alive", type=int, default=5,
                    help="seconds an idle keep-alive connection stays open (default 5)")
     add_engine_options(p)
+    serve_ray.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -131,10 +133,13 @@ def run(args) -> int:
     if root is not None and not root.is_dir():
         raise CLIError(f"--allow-adapter-loading: {args.allow_adapter_loading} is not a "
                        "directory")
+    serve_ray.check_options(args)
     check_port(args.host, args.port)
     warning = bind_warning(args.host, config.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    if args.replicas > 1:
+        return serve_ray.run(args, config)
     adapters = adapter_specs(args.adapter)
     eng = load_engine(args.base, adapters, args, max_waiting=args.max_queue)
     if args.served_name:

@@ -26,7 +26,7 @@ from .detokenizer import flush_text, update_text
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
 from .model_runner import DECODERS, ENCODERS, ModelRunner, encode, wrap_model
 from .models.layers import adapted_layers
-from .outputs import GenerationResult, RequestOutput
+from .outputs import CompletionOutput, GenerationResult, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler
@@ -50,6 +50,12 @@ _LIMITS = {
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
     "admission_aging_steps": 16,    # skips for want of an adapter slot before others must wait
 }
+
+
+def _so_far(seq: Sequence, reason: str | None) -> CompletionOutput:
+    """vLLM-shaped cumulative output of ``seq`` (text and token ids emitted so far)."""
+    return CompletionOutput(0, seq.text[:seq.emitted_text_len],
+                            list(seq.output_ids[:seq.emitted_tokens]), reason)
 
 
 def _load_hf(path: Path, dtype, device):
@@ -105,6 +111,7 @@ class Engine:
                                    host_capacity=int(lim["host_adapter_capacity"]),
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
                                    merge_hot=lim["merge_hot"])
+        self._work_dir: Path | None = None       # converted adapters (PEFT imports, renames)
         self.pool.heads = dict(getattr(self.model, "heads", {}))
         self.blends = BlendCache(self.pool, int(lim["blend_cache_capacity"]))
         self._lock = threading.Lock()            # guards the incoming / abort queues
@@ -203,15 +210,26 @@ class Engine:
 
     # ---- adapters ------------------------------------------------------------------------
     def add_adapter(self, name: str, path) -> None:
-        """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
-        FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
-        from ..method.adapter_io import CONFIG_NAME, check_modules, read_config
+        """Load and validate adapter ``name`` from ``path``: a frod_rt adapter directory, or a
+        PEFT FRoD directory (imported on load in frod_rt's basis). AdapterError (a ValueError)
+        or FileNotFoundError on a bad adapter, which is refused; the others keep serving. An
+        adapter of another model is refused with "trained for <model>, this base is <model>";
+        a task-model prefix (``bert.``) is mapped (see ``adapter_sources``)."""
+        from ..method.adapter_io import AdapterError
+        from .adapter_sources import prepare_adapter_dir
         if name == self.base_name:
             raise ValueError(f"adapter name {name!r} is the base model's name")
         p = Path(path)
-        if (p / CONFIG_NAME).is_file():   # a missing file is reported by the pool below
-            check_modules(read_config(p), self.hf_model, where=f"adapter {name!r} ({p}) refused")
-        self.pool.add(name, path)
+        if p.is_dir():
+            if self._work_dir is None:
+                import tempfile
+                self._work_dir = Path(tempfile.mkdtemp(prefix="frod_rt-adapters-"))
+            try:
+                p = prepare_adapter_dir(name, p, self.hf_model, self._work_dir,
+                                        cache_dir=self.limits["cache_dir"])
+            except AdapterError as e:
+                raise type(e)(f"adapter {name!r} ({path}) refused: {e}") from e
+        self.pool.add(name, p)
 
     def remove_adapter(self, name: str) -> None:
         """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Requests bind to
@@ -339,7 +357,7 @@ class Engine:
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
         outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason, seq.error,
-                                  seq.timings()))
+                                  seq.timings(), [_so_far(seq, reason)]))
         with self._lock:
             self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
@@ -466,7 +484,8 @@ class Engine:
         else:
             new_ids = seq.output_ids[seq.emitted_tokens:]
             seq.emitted_tokens = seq.num_output
-            outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None))
+            outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None,
+                                      outputs=[_so_far(seq, None)]))
 
     # ---- offline helpers -------------------------------------------------------------------
     @staticmethod
@@ -530,7 +549,11 @@ class Engine:
 
     def stream(self, prompt, adapter=None, sampling=None, **sampling_kw
                ) -> Iterator[RequestOutput]:
-        """Yield the RequestOutputs of one request as they are produced (drives step())."""
+        """Yield the RequestOutputs of one request as they are produced (drives step()).
+
+        Each carries this step's delta (``new_text``, ``new_token_ids``) and, as vLLM's
+        streaming does, the cumulative ``outputs[0].text`` / ``outputs[0].token_ids``; the last
+        has ``finished=True`` and ``finish_reason``."""
         sp = SamplingParams.build(sampling, **sampling_kw)
         rid = self.add_request(prompt, adapter, sp)
         try:
@@ -658,6 +681,9 @@ class Engine:
 
     def close(self) -> None:
         self.pool.close()
+        if self._work_dir is not None:
+            import shutil
+            shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return (f"Engine({self.base_name!r}, {type(self.hf_model).__name__}, device={self.device},"

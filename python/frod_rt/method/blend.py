@@ -149,7 +149,8 @@ def blend_adapters(parts, name: str = "blend") -> AdapterFile:
     targets = []
     for f, _ in parts:
         targets += [t for t in f.config.target_modules if t not in targets]
-    cfg = AdapterConfig(first.format_version, first.base_fingerprint, targets,
+    cfg = AdapterConfig(first.format_version, first.decomposition_fingerprint, targets,
                         first.sparse_rate, int(seed), first.alpha, cats,
-                        {"blend": {f.name: float(w) for f, w in parts}})
+                        {"blend": {f.name: float(w) for f, w in parts}},
+                        base_fingerprint=first.base_fingerprint, base_model=dict(first.base_model))
     return AdapterFile(name, cfg, layers)

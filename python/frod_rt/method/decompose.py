@@ -22,11 +22,14 @@ from tqdm.auto import tqdm
 
 from .basis import Category, Decomposition, LayerBasis
 from .categories import category_key, find_targets, group_categories, linear_weight
-from .fingerprint import base_fingerprint, category_fingerprint
-from .joint import ALGORITHM_VERSION, joint_basis, scale_split
+from .fingerprint import (NATIVE_BASIS, category_fingerprint, decomposition_fingerprint,
+                          describe_model, model_fingerprint)
+from .joint import ALGORITHM_VERSION, joint_basis, peft_joint_basis, scale_split, split_in_basis
 
 __all__ = ["LayerBasis", "Category", "Decomposition", "decompose", "category_key",
-           "linear_weight", "default_cache_dir", "decompose_category"]
+           "linear_weight", "default_cache_dir", "decompose_category", "base_identity", "BASES"]
+
+BASES = (NATIVE_BASIS, "peft")
 
 
 def default_cache_dir() -> Path:
@@ -50,11 +53,29 @@ def _threads_for(flops: float):
             torch.set_num_threads(prev)
 
 
-def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype
+def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype,
+                       basis: str = NATIVE_BASIS
                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """V (in, in), [U_i (out, in)], [l_i (in,)] of one category, computed in float64 on CPU and
-    returned in ``dtype`` on CPU."""
+    """V (in, in), [U_i (out, in)], [l_i (in,)] of one category on CPU in ``dtype``.
+
+    ``basis="frod_rt"``: the float64 joint decomposition (:func:`.joint.joint_basis`).
+    ``basis="peft"``: ``V`` as upstream PEFT computes it (float32, :func:`.joint.peft_joint_basis`,
+    cast to the weights' dtype as PEFT does), then ``U_i, l_i`` split off ``W_i`` in that basis in
+    float64 (:func:`.joint.split_in_basis`), so ``W_i = U_i diag(l_i) V^T`` to round-off and
+    adapters trained on it export to PEFT exactly."""
     out_f, in_f = weights[0].shape
+    if basis == "peft":
+        # torch's own thread count, as in PEFT: LAPACK results can depend on it, and PEFT
+        # recomputes this basis when it loads an exported adapter
+        V = peft_joint_basis(weights, alpha).to(weights[0].dtype)
+        Us, ls = [], []
+        for w in weights:
+            U, lam = split_in_basis(w, V)
+            Us.append(U.to(dtype))
+            ls.append(lam.float().to(dtype))      # PEFT keeps l0 in float32
+        return V.to(dtype), Us, ls
+    if basis != NATIVE_BASIS:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     with _threads_for(len(weights) * out_f * in_f * in_f):
         V, Bs = joint_basis(weights, alpha)
     Us, ls = [], []
@@ -63,6 +84,12 @@ def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.d
         Us.append(U.to(dtype))
         ls.append(lam.to(dtype))
     return V.to(dtype), Us, ls
+
+
+def base_identity(model: nn.Module) -> dict:
+    """``{"base_fingerprint": <sha256 of every weight>, "base_model": describe_model(model)}``
+    (see :mod:`.fingerprint`), recorded in every decomposition and adapter file."""
+    return {"base_fingerprint": model_fingerprint(model), "base_model": describe_model(model)}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -112,7 +139,8 @@ def _store_cached(path: Path, names: list[str], V, Us, ls) -> None:
 @torch.no_grad()
 def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 1e-3,
               cache_dir: str | os.PathLike | None = None, progress: bool = True,
-              dtype: torch.dtype | None = None, use_cache: bool = True) -> Decomposition:
+              dtype: torch.dtype | None = None, use_cache: bool = True,
+              basis: str = NATIVE_BASIS) -> Decomposition:
     """Decompose the targeted linear layers of ``model`` (DESIGN.md 1.1).
 
     Every targeted layer ``W_i`` (out, in) becomes ``U_i diag(l_i) V^T`` with ``V`` shared by
@@ -126,11 +154,16 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         progress: show a tqdm bar over categories.
         dtype: dtype of the stored U, l, V; None -> each layer's weight dtype.
         use_cache: read/write the on-disk cache.
+        basis: "frod_rt" (default: the float64 joint basis) or "peft" (``V`` computed as
+            upstream PEFT computes it, so adapters trained on it export to PEFT exactly; see
+            :func:`decompose_category`). Part of the category and decomposition fingerprints.
 
     Returns:
         A :class:`Decomposition` whose tensors sit on each layer's weight device.
     """
     alpha = float(alpha)
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -148,12 +181,12 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         device = weights[0].device
         want = dtype or weights[0].dtype
         bar.set_postfix_str(f"{key} L={len(names)}")
-        fp = category_fingerprint(key, alpha, list(zip(names, weights)))
+        fp = category_fingerprint(key, alpha, list(zip(names, weights)), basis)
         cat_fps[key] = fp
         path = _cache_file(cache, fp, want)
         got = _load_cached(path, names, (out_f, in_f)) if use_cache else None
         if got is None:
-            got = decompose_category(weights, alpha, want)
+            got = decompose_category(weights, alpha, want, basis)
             if use_cache:
                 _store_cached(path, names, *got)
         V, Us, ls = got
@@ -162,5 +195,7 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
             layers[name] = LayerBasis(name, key, U.to(device), lam.to(device))
     tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     extra = {"algorithm_version": ALGORITHM_VERSION,
-             "target_modules_is_regex": isinstance(target_modules, str)}
-    return Decomposition(base_fingerprint(alpha, cat_fps), alpha, tm, categories, layers, extra)
+             "target_modules_is_regex": isinstance(target_modules, str), "basis": basis,
+             **base_identity(model)}
+    return Decomposition(decomposition_fingerprint(alpha, cat_fps, basis), alpha, tm, categories,
+                         layers, extra)

@@ -35,7 +35,7 @@ from .adapter_routes import add_adapter_routes
 from .chat import chat_prompt
 from .config import ServerConfig
 from .encoders import add_encoder_routes
-from .errors import APIError
+from .errors import APIError, unknown_model
 from .generation import Batch, ClientGone, collect, new_id, stream_chunks, usage
 from .guard import Guard
 from .limits import check_messages, check_prompts, check_stops, tokenize_prompts
@@ -105,8 +105,7 @@ class ServerState:
             return None
         if model in self.engine.adapters():
             return model
-        raise APIError(404, f"model {model!r} not found (GET /v1/models lists the served "
-                       "models)", param="model", code="model_not_found")
+        raise unknown_model(model)
 
     def model_card(self, name: str) -> dict:
         base = self.engine.base_name

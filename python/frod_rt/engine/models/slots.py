@@ -4,10 +4,12 @@ The adapter manager decides which adapter sits in which slot and calls the layer
 ``set_slot(slot, values)`` / ``reset_slot(slot)`` (as vLLM's LoRA layers do); the forward
 reads only these tables, never the manager.
 
-* ``SlotTables`` (one per adapted layer): the layer's basis ``V`` (n, n) (shared by the
-  category), ``U`` (out, n), ``l`` (n,); per slot ``ldl[a] = l + dl_a`` (A, n) and the sparse
-  values ``s[a, :k_a]`` of one ``(A, kcap)`` table (kcap = the largest k of the slots in use;
-  it shrinks again when that slot goes); the slot -> pattern plan table
+* ``SlotTables`` (one per adapted layer): the layer's bases, each ``V`` (n, n) (shared by the
+  category), ``U`` (out, n), ``l`` (n,) and keyed by its category fingerprint (frod_rt's own
+  basis, PEFT's, an imported file's: several bases of one base model can be served at once,
+  each slot on one of them); per slot ``ldl[a] = l_b + dl_a`` (A, n) in its basis and the
+  sparse values ``s[a, :k_a]`` of one ``(A, kcap)`` table (kcap = the largest k of the slots in
+  use; it shrinks again when that slot goes); the slot -> pattern plan table
   (:class:`frod_rt.ops.SlotPatterns`) that :func:`frod_rt.ops.rotate_slots` reads, so slots
   with different patterns (and k) share one rotation without padding; the slots whose adapter
   targets the layer; merged ``W'`` of hot slots (``merge_hot``).
@@ -33,11 +35,14 @@ from ...ops import PatternPlan, SlotPatterns, register_pattern
 @dataclass
 class SlotValues:
     """One adapter's values for one layer: ``dl`` (n,), ``s`` (k,) (any float dtype and
-    device), its ``pattern`` (k entries) and whether to keep a merged ``W'`` (``merge``)."""
+    device), its ``pattern`` (k entries), whether to keep a merged ``W'`` (``merge``) and the
+    basis they are expressed in (``basis``: a key given to ``SlotTables.add_basis``; None =
+    the basis the tables were created with)."""
     dl: torch.Tensor
     s: torch.Tensor
     pattern: LayerPattern
     merge: bool = False
+    basis: str | None = None
 
 
 class PatternStore:
@@ -75,9 +80,12 @@ class SlotTables:
     """
 
     def __init__(self, A: int, V: torch.Tensor, U: torch.Tensor, l: torch.Tensor,
-                 store: PatternStore):
-        self.A, self.V, self.U, self.l = A, V, U, l
+                 store: PatternStore, basis: str | None = None):
+        self.A, self.V, self.U, self.l = A, V, U, l      # the first basis (``basis``)
         self.n = l.shape[0]
+        self.first_basis = basis
+        self.bases: dict[str | None, tuple] = {basis: (V, U, l)}
+        self.slot_basis: list[str | None] = [None] * A
         self.ldl = l.new_zeros(A, self.n)
         self.s = l.new_zeros(A, 0)                      # (A, kcap): slot a uses s[a, :k_a]
         self.patterns = SlotPatterns(self.n, A, l.device)
@@ -86,10 +94,30 @@ class SlotTables:
         self.target_slots: set[int] = set()
         self.merged: dict[int, torch.Tensor] = {}
 
+    def add_basis(self, basis: str, V: torch.Tensor, U: torch.Tensor, l: torch.Tensor) -> None:
+        """Register another basis of the layer (V (n, n), U (out, n), l (n,), serving dtype and
+        device) under ``basis``; slots name it in ``SlotValues.basis``."""
+        if tuple(V.shape) != tuple(self.V.shape) or tuple(U.shape) != tuple(self.U.shape) \
+                or tuple(l.shape) != tuple(self.l.shape):
+            raise ValueError(f"basis {basis!r}: shapes {tuple(V.shape)}, {tuple(U.shape)}, "
+                             f"{tuple(l.shape)} differ from the layer's")
+        self.bases.setdefault(basis, (V, U, l))
+
+    def basis_groups(self, slots) -> dict:
+        """``{basis: [slots]}`` of ``slots`` (each slot's adapter is in one basis)."""
+        out: dict = {}
+        for a in slots:
+            out.setdefault(self.slot_basis[a], []).append(a)
+        return out
+
     def set_slot(self, slot: int, values: SlotValues) -> None:
-        """Write one adapter's values and pattern into ``slot``."""
+        """Write one adapter's values and pattern into ``slot`` (in basis ``values.basis``)."""
         if not 0 <= slot < self.A:
             raise IndexError(f"slot {slot} out of range [0, {self.A})")
+        basis = self.first_basis if values.basis is None else values.basis
+        if basis not in self.bases:
+            raise KeyError(f"basis {basis!r} is not registered with this layer (add_basis)")
+        V, U, l = self.bases[basis]
         k = values.pattern.k
         if tuple(values.dl.shape) != (self.n,) or tuple(values.s.shape) != (k,):
             raise ValueError(f"slot values: expected dl ({self.n},) and s ({k},), got "
@@ -101,11 +129,12 @@ class SlotTables:
         self.merged.pop(slot, None)
         self._fit_kcap()
         dev, dt = self.l.device, self.l.dtype
-        self.ldl[slot] = (self.l.double() + values.dl.to(dev, torch.float64)).to(dt)
+        self.slot_basis[slot] = basis
+        self.ldl[slot] = (l.double() + values.dl.to(dev, torch.float64)).to(dt)
         self.s[slot].zero_()
         self.s[slot, :k] = values.s.to(dev, dt)
         if values.merge:
-            self.merged[slot] = adapted_weight(self.U, self.l, self.V, values.dl.to(dev),
+            self.merged[slot] = adapted_weight(U, l, V, values.dl.to(dev),
                                                values.s.to(dev), plan.rows.to(dev),
                                                plan.cols.to(dev), dtype=dt,
                                                compute=torch.float64).contiguous()
@@ -115,6 +144,7 @@ class SlotTables:
         """Empty ``slot`` (no-op when it is empty); the values table shrinks when the slot held
         the longest pattern, and patterns no slot uses are released."""
         self.target_slots.discard(slot)
+        self.slot_basis[slot] = None
         self.merged.pop(slot, None)
         if self._key_of_slot[slot] is None:
             return
