@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...ops import rotate_segments
+from ...ops import rotate_slots
 from .batch import AdapterBatch, AttnBatch
 from .slots import PatternStore, SlotTables, SlotValues
 
@@ -26,7 +26,7 @@ class AdaptedLinear:
     ``x W^T + b``. Row ``t`` of an adapter ``a`` that targets the layer computes the 'replace'
     form of ``x W'_a^T + b``, ``W'_a = U (diag(l + dl_a) + S_a) V^T``::
 
-        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_segments) ;  y = H U^T + b
+        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_slots) ;  y = H U^T + b
 
     The GEMMs ``X V`` and ``H U^T`` are shared by all adapted rows of the batch whose adapters
     are expressed in one basis; adapters on several bases of the same base model (frod_rt's,
@@ -87,9 +87,9 @@ class AdaptedLinear:
         yr = None
         if plan.num_r:
             V, U, _ = st.bases[next(iter(groups))]
-            dl, s, rows, cols = st.rotation_args(plan.slots)
+            dl, s, patterns = st.rotation_args()
             z = x[plan.r_rows] @ V
-            h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, dl, s, rows, cols)
+            h = rotate_slots(z, plan.seg_indptr, plan.seg_slot, dl, s, patterns)
             yr = F.linear(h, U, self.bias)
             if plan.num_w == 0 and not plan.hot_runs:
                 return yr
@@ -118,8 +118,8 @@ class AdaptedLinear:
             if not p.num_r:
                 continue
             V, U, _ = st.bases[basis]
-            dl, s, rows, cols = st.rotation_args(p.slots)
-            h = rotate_segments(x[p.r_rows] @ V, p.seg_indptr, p.seg_slot, dl, s, rows, cols)
+            dl, s, patterns = st.rotation_args()
+            h = rotate_slots(x[p.r_rows] @ V, p.seg_indptr, p.seg_slot, dl, s, patterns)
             y[p.r_rows] = F.linear(h, U, self.bias)
         for s0, e0, a in plan.hot_runs:
             y[s0:e0] = F.linear(x[s0:e0], st.merged[a], self.bias)
