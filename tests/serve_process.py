@@ -64,7 +64,9 @@ def terminate(proc: subprocess.Popen, timeout: float = 90) -> int:
 def stop(proc: subprocess.Popen, timeout: float = 90) -> tuple[int, str, str]:
     """``terminate``, then read the pipes: (exit code, stdout, stderr)."""
     rc = terminate(proc, timeout)
-    return rc, proc.stdout.read(), proc.stderr.read()
+    # wait_ready's failure path (communicate) may already have read and closed the pipes
+    read = lambda f: "" if f.closed else f.read()  # noqa: E731
+    return rc, read(proc.stdout), read(proc.stderr)
 
 
 @contextlib.contextmanager

@@ -561,7 +561,10 @@ def run_app(app, host: str = "127.0.0.1", port: int = 8000, *, ray_address: str 
             saved = os.environ.get("PYTHONPATH")
             os.environ.update(worker_env())     # the local workers inherit it
             try:
-                ray.init(num_cpus=num_cpus, **kw)
+                # address="local": always a new local instance; with no address Ray joins a
+                # local cluster it finds running (another process's), whose shutdown then
+                # kills this one's actors
+                ray.init(address="local", num_cpus=num_cpus, **kw)
             finally:
                 if saved is None:
                     os.environ.pop("PYTHONPATH", None)
