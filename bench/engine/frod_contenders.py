@@ -12,18 +12,21 @@ from .model import TARGETS, clone
 
 
 def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Path,
-                        seed: int = 0, scale: float = 0.01) -> tuple[dict[str, Path], float]:
+                        seed: int = 0, scale: float = 0.01, targets=TARGETS,
+                        category_mode: str = "per_role") -> tuple[dict[str, Path], float]:
     """Write ``num_adapters`` frod_rt adapter files with random non-zero ``dl`` and ``s``
-    (magnitude ``scale``) for every targeted layer of ``base``. Returns ({name: dir}, seconds)."""
+    (magnitude ``scale``) for every targeted layer of ``base``, on the decomposition of
+    ``category_mode``. Returns ({name: dir}, seconds)."""
     from frod_rt.method import (AdapterConfig, AdapterFile, LayerDelta, decompose,
                                 pattern_size, write_adapter)
     t0 = time.perf_counter()
-    d = decompose(base, TARGETS, cache_dir=folder / "decomposition-cache", progress=False)
+    d = decompose(base, list(targets), cache_dir=folder / "decomposition-cache", progress=False,
+                  category_mode=category_mode)
     cats = {key: {"out": c.out_features, "in": c.in_features,
                   "k": pattern_size(c.in_features, sparse_rate), "layers": list(c.layers),
                   "fingerprint": c.fingerprint} for key, c in d.categories.items()}
     cfg = AdapterConfig(format_version=1, base_fingerprint=d.fingerprint,
-                        target_modules=list(TARGETS), sparse_rate=sparse_rate, seed=0,
+                        target_modules=list(targets), sparse_rate=sparse_rate, seed=0,
                         alpha=d.alpha, categories=cats, extra={"made_by": "bench"})
     g = torch.Generator().manual_seed(seed)
     paths = {}
