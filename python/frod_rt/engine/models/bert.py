@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
+from .fused import fuse_linears
 from .layers import AdaptedLinear, attention
 
 
@@ -31,7 +32,8 @@ class BertEncoder:
         self.layers = []
         for layer in bert.encoder.layer:
             at = layer.attention
-            self.layers.append({
+            qkv = fuse_linears([at.self.query, at.self.key, at.self.value])   # views of one weight
+            self.layers.append({"qkv": qkv,
                 "q": lin(at.self.query), "k": lin(at.self.key), "v": lin(at.self.value),
                 "ao": lin(at.output.dense), "ln1": at.output.LayerNorm,
                 "inter": lin(layer.intermediate.dense), "out": lin(layer.output.dense),
@@ -54,10 +56,13 @@ class BertEncoder:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.emb_ln(self.word(input_ids) + self.pos(positions) + self.tok_type(token_type_ids))
         H, D = self.num_heads, self.head_dim
+        fused = ab is None or not ab.any_adapted
         for i, L in enumerate(self.layers):
-            q = L["q"](x, ab).view(T, H, D)
-            k = L["k"](x, ab).view(T, H, D)
-            v = L["v"](x, ab).view(T, H, D)
+            if fused:                  # no adapted rows: query, key, value as one GEMM
+                q, k, v = L["qkv"](x)
+            else:
+                q, k, v = L["q"](x, ab), L["k"](x, ab), L["v"](x, ab)
+            q, k, v = q.view(T, H, D), k.view(T, H, D), v.view(T, H, D)
             o = attention(q, k, v, i, attn, self.scale)
             x = L["ln1"](L["ao"](o, ab) + x)
             x = L["ln2"](L["out"](self.act(L["inter"](x, ab)), ab) + x)

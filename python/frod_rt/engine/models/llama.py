@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
+from .fused import fuse_linears
 from .layers import AdaptedLinear, attention
 
 _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -36,9 +37,13 @@ class LlamaModel:
         self.layers = []
         for layer in core.layers:
             at, mlp = layer.self_attn, layer.mlp
+            # one weight tensor each for q,k,v and gate,up; the HF modules get views of it
+            qkv = fuse_linears([at.q_proj, at.k_proj, at.v_proj])
+            gate_up = fuse_linears([mlp.gate_proj, mlp.up_proj])
             d = {p: AdaptedLinear(names[id(getattr(at, p))], getattr(at, p)) for p in _PROJ}
             d.update({p: AdaptedLinear(names[id(getattr(mlp, p))], getattr(mlp, p)) for p in _MLP})
             d["ln1"], d["ln2"] = layer.input_layernorm, layer.post_attention_layernorm
+            d["qkv"], d["gate_up"] = qkv, gate_up
             self.layers.append(d)
 
     @property
@@ -47,23 +52,33 @@ class LlamaModel:
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnBatch,
                 ab: AdapterBatch | None, logit_rows: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab)."""
+        """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab).
+
+        Batches without adapted rows run q,k,v and gate,up as one GEMM each (fused weights).
+        """
         T = input_ids.shape[0]
         x = self.embed(input_ids)
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]              # (T, 1, D)
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        fused = ab is None or not ab.any_adapted
         for i, L in enumerate(self.layers):
             h = L["ln1"](x)
-            q = L["q_proj"](h, ab).view(T, H, D)
-            k = L["k_proj"](h, ab).view(T, Hkv, D)
-            v = L["v_proj"](h, ab).view(T, Hkv, D)
+            if fused:
+                q, k, v = L["qkv"](h)
+            else:
+                q, k, v = L["q_proj"](h, ab), L["k_proj"](h, ab), L["v_proj"](h, ab)
+            q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             o = attention(q, k, v, i, attn, self.scale)
             x = x + L["o_proj"](o, ab)
             h = L["ln2"](x)
-            g = self.act(L["gate_proj"](h, ab)) * L["up_proj"](h, ab)
+            if fused:
+                g, u = L["gate_up"](h)
+            else:
+                g, u = L["gate_proj"](h, ab), L["up_proj"](h, ab)
+            g = self.act(g) * u
             x = x + L["down_proj"](g, ab)
         x = self.norm(x[logit_rows])
         return self.lm_head(x).float()
