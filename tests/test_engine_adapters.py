@@ -117,13 +117,13 @@ def test_pool_capacity_4_with_32_adapters(tmp_path, gen):
     assert st["adapter_evictions_total"] > 0 and st["adapter_disk_reads_total"] > 0
     assert st["adapters_on_device"] <= 4 and st["adapters_pinned"] == 0
     assert st["adapters_loaded"] == 32
-    tables = eng.pool.layer_tables("model.layers.0.self_attn.q_proj")
-    assert tables.ldl.shape[0] == 4 and tables.s.shape[0] == 4
+    tables = eng.pool.layers["model.layers.0.self_attn.q_proj"].slots
+    assert tables.ldl.shape[0] == 4 and all(t.shape[0] == 4 for t in tables.s_by_k.values())
     slots_ptr = tables.ldl.data_ptr()
     # again: same results, the slot tables are reused (no growth)
     assert [r.token_ids for r in eng.generate(prompts[:8], adapters=req_names[:8],
                                               max_tokens=5)] == want[:8]
-    assert eng.pool.layer_tables("model.layers.0.self_attn.q_proj").ldl.data_ptr() == slots_ptr
+    assert eng.pool.layers["model.layers.0.self_attn.q_proj"].slots.ldl.data_ptr() == slots_ptr
 
 
 def test_unknown_and_removed_adapters(tmp_path):
@@ -230,7 +230,7 @@ def test_merge_hot_opt_in_matches_replace_form(tmp_path, gen):
         torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=2e-4,
                                    rtol=1e-3)
     # merged weights exist only for hot adapters on the device, and go with eviction
-    merged = [lt.merged for lt in hot.pool.tables.values()]
+    merged = [m.slots.merged for m in hot.pool.layers.values() if m.slots is not None]
     assert any(merged) and all(len(m) <= 2 for m in merged)
     hot_slots = {e.slot for e in hot.pool.entries.values() if e.name in ("h0", "h2")
                  and e.slot >= 0}
@@ -256,5 +256,5 @@ def test_mixed_patterns_in_one_batch(tmp_path, gen):
         m = copy.deepcopy(model)
         load_merged(m, merged_weights(m, files[n], cache_dir=tmp_path))
         assert r.token_ids == _hf_greedy(m, p, 6), n
-    lt = eng.pool.tables["model.layers.0.self_attn.q_proj"]
-    assert len({k for k in lt.slot_key if k is not None}) == 4
+    lt = eng.pool.layers["model.layers.0.self_attn.q_proj"].slots
+    assert len({p.key for p in lt.patterns.of_slot if p is not None}) == 4

@@ -17,7 +17,7 @@ import torch
 
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
-from frod_rt.server import ServerThread
+from frod_rt.server import ServerConfig, ServerThread
 from frod_rt.server.chat import chat_prompt, simple_template
 from frod_rt.server.protocol import ChatMessage
 
@@ -66,7 +66,7 @@ def reference(toy):
 @pytest.fixture(scope="session")
 def server(toy):
     eng = _engine(toy, toy["served"], max_waiting=64)
-    with ServerThread(eng) as srv:
+    with ServerThread(eng, config=ServerConfig(allow_adapter_loading=toy["root"])) as srv:
         yield srv
     eng.close()
 
@@ -255,9 +255,9 @@ def test_errors_keep_server_alive(server, toy, case):
                         headers={"content-type": "application/json"}), 400)
     elif case == "missing_field":
         assert _err(httpx.post(u + "/v1/completions", json={"model": "ad0"}),
-                    422)["param"] == "prompt"
+                    400)["param"] == "prompt"
     elif case == "wrong_type":
-        _err(httpx.post(u + "/v1/completions", json=dict(c, max_tokens="many")), 422)
+        _err(httpx.post(u + "/v1/completions", json=dict(c, max_tokens="many")), 400)
     elif case == "bad_temperature":
         assert _err(httpx.post(u + "/v1/completions", json=dict(c, temperature=-1)),
                     400)["param"] == "temperature"
@@ -280,7 +280,7 @@ def test_errors_keep_server_alive(server, toy, case):
     elif case == "bad_role":
         _err(httpx.post(u + "/v1/chat/completions",
                         json={"model": "ad0", "messages": [{"role": "robot", "content": "x"}]}),
-             422)
+             400)
     elif case == "unknown_route":
         _err(httpx.get(u + "/v1/nothing"), 404)
     elif case == "load_missing_dir":
@@ -293,7 +293,7 @@ def test_errors_keep_server_alive(server, toy, case):
         assert "foreign" in e["message"]
         assert "foreign" not in [m["id"] for m in httpx.get(u + "/v1/models").json()["data"]]
     elif case == "load_bad_body":
-        _err(httpx.post(u + "/v1/adapters", json={"name": "x"}), 422)
+        _err(httpx.post(u + "/v1/adapters", json={"name": "x"}), 400)
     elif case == "delete_unknown":
         _err(httpx.delete(u + "/v1/adapters/never-loaded"), 404)
     _ok(server)

@@ -11,7 +11,7 @@ zero-argument callable computing ``Y (T, out)`` for all rows; work a server woul
     torch_gather    the same, vectorised over rows: Z*dl[ids], index_add of Z[:, cols]*s[ids]
     merged_loop     what PEFT effectively does: per adapter W' = W + U(diag(dl)+S)V^T,
                     then X_a W'^T (the merge is recomputed every call)
-    frod_merged     frod_rt's own materialised form (frod_rt.method.dense_path.delta_weight):
+    frod_merged     frod_rt's own materialised form (frod_rt.method.delta.delta_weight):
                     per adapter W' = W + dW built each call, then X_a W'^T
     merged_cached   W'_a precomputed for every adapter (A weight copies), one GEMM per segment
 """
@@ -119,7 +119,7 @@ def merged_loop(p: LayerProblem) -> Callable:
 
 def frod_merged(p: LayerProblem) -> Callable:
     try:
-        from frod_rt.method.dense_path import delta_weight
+        from frod_rt.method.delta import delta_weight
     except ImportError as e:
         raise Skip(f"frod_rt.method.dense_path not available ({e})") from e
     segs = _segments(p)

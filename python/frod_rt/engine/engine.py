@@ -24,10 +24,11 @@ from .block_manager import BlockManager, KVCache
 from .detokenizer import flush_text, update_text
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
 from .model_runner import DECODERS, ENCODERS, ModelRunner, encode, wrap_model
+from .models.layers import adapted_layers
 from .outputs import GenerationResult, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, Status
 
 _LIMITS = {
@@ -45,6 +46,7 @@ _LIMITS = {
     "progress": False,              # progress bar while decomposing
     "merge_hot": (),                # adapter names served with a merged weight (opt-in)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
+    "admission_aging_steps": 16,    # skips for want of an adapter slot before others must wait
 }
 
 
@@ -96,7 +98,7 @@ class Engine:
                                           type(model).__name__) or "base"
         self.model = wrap_model(model)
         self.is_encoder = type(model).__name__ in ENCODERS
-        self.pool = AdapterManager(model, self.device, self.dtype,
+        self.pool = AdapterManager(model, adapted_layers(self.model), self.device, self.dtype,
                                    device_capacity=int(lim["device_adapter_capacity"]),
                                    host_capacity=int(lim["host_adapter_capacity"]),
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
@@ -109,6 +111,7 @@ class Engine:
         self._ids = itertools.count()
         self.counters = {"requests_total": 0, "requests_finished_total": 0,
                          "requests_aborted_total": 0, "tokens_generated_total": 0,
+                         "requests_failed_total": 0,
                          "prompt_tokens_total": 0, "steps_total": 0,
                          "batch_tokens_total": 0}
         cfg = model.config
@@ -133,7 +136,8 @@ class Engine:
         self.block_manager = BlockManager(nblocks, bs)
         self.max_model_len = int(min(lim["max_model_len"] or model_len, model_len,
                                      nblocks * bs))
-        self.scheduler = Scheduler(self.block_manager, self.pool, max_seqs, max_tokens, chunk)
+        self.scheduler = Scheduler(self.block_manager, self.pool, max_seqs, max_tokens, chunk,
+                                   max_skips=int(lim["admission_aging_steps"]))
         self.runner = ModelRunner(m, self.kv, self.device)
         self.sampler = Sampler()
         # EOS: the tokenizer's and the model's generation config's (either stops a request)
@@ -197,13 +201,20 @@ class Engine:
     def add_adapter(self, name: str, path) -> None:
         """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
         FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
+        from ..method.adapter_io import CONFIG_NAME, check_modules, read_config
         if name == self.base_name:
             raise ValueError(f"adapter name {name!r} is the base model's name")
+        p = Path(path)
+        if (p / CONFIG_NAME).is_file():   # a missing file is reported by the pool below
+            check_modules(read_config(p), self.hf_model, where=f"adapter {name!r} ({p}) refused")
         self.pool.add(name, path)
 
     def remove_adapter(self, name: str) -> None:
-        """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Running requests
-        with it finish; queued ones are aborted."""
+        """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Requests bind to
+        the adapter *instance* they were submitted with: running ones (preempted ones too)
+        finish with it, queued ones that have not started end with "adapter ... was removed"
+        (``finish_reason`` "abort"); a later ``add_adapter`` of the same name is a new
+        instance that never serves earlier requests."""
         self.pool.remove(name)
 
     def adapters(self) -> list[str]:
@@ -261,13 +272,14 @@ class Engine:
                 raise EngineOverloadedError(
                     f"engine overloaded: {queued} requests waiting (max_waiting="
                     f"{self.limits['max_waiting']}); retry later")
-            seq = Sequence(str(request_id), prompt, ids, adapter, sp)
+            ref = self.pool.bind(adapter)     # the instance this request computes with
+            seq = Sequence(str(request_id), prompt, ids, adapter, sp, adapter_ref=ref)
             if self.limits["record_logits"]:
                 seq.logits = []
             self._seqs[seq.request_id] = seq
             self._incoming.append(seq)
             self.counters["requests_total"] += 1
-        self.pool.prefetch(adapter)
+        self.pool.prefetch(seq.adapter_ref)
         return seq.request_id
 
     def abort_request(self, request_id: str) -> None:
@@ -289,18 +301,70 @@ class Engine:
     def _finish(self, seq: Sequence, reason: str, outs: list[RequestOutput]) -> None:
         sched = self.scheduler
         sched.remove(seq) if seq.status != Status.RUNNING else sched.finish(seq)
+        ref, seq.adapter_ref = seq.adapter_ref, None
+        self.pool.unbind(ref)
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         seq.finished_at = time.perf_counter()
         new_ids = seq.output_ids[seq.emitted_tokens:]
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
-        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason))
+        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason, seq.error))
         with self._lock:
             self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
         if reason == "abort":
             self.counters["requests_aborted_total"] += 1
+        elif reason == "error":
+            self.counters["requests_failed_total"] += 1
+
+    def _fail(self, seq: Sequence, why: str, outs: list[RequestOutput]) -> None:
+        """End ``seq`` alone with finish reason "error" (its batch mates go on)."""
+        seq.error = why
+        self._finish(seq, "error", outs)
+
+    def _forward(self, batch) -> tuple[list[Sequence], torch.Tensor, list[tuple[Sequence, str]]]:
+        """Run the batch; if the forward raises, run each sequence alone so that only the ones
+        that fail by themselves are failed. Returns (sequences to sample, their logits rows,
+        [(failed sequence, why)]). The isolated re-run rewrites the same KV slots."""
+        try:
+            sampled, logits = self.runner.run(batch)
+            return sampled, logits, []
+        except Exception as exc:          # noqa: BLE001 - find the culprit, spare the others
+            if len(batch) == 1:
+                return [], None, [(batch.seqs[0], f"engine step failed: "
+                                                  f"{type(exc).__name__}: {exc}")]
+        sampled, rows, failed = [], [], []
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            try:
+                s, lg = self.runner.run(ScheduledBatch([seq], [n]))
+            except Exception as exc:      # noqa: BLE001
+                failed.append((seq, f"engine step failed for this request: "
+                                    f"{type(exc).__name__}: {exc}"))
+                continue
+            sampled.extend(s)
+            rows.append(lg)
+        logits = torch.cat(rows) if rows and sampled else None
+        return sampled, logits, failed
+
+    def _discard(self, request_ids) -> None:
+        """Forget requests at once without a step (the offline API's recovery after a step
+        raised): out of every queue, blocks and adapter pins released."""
+        with self._lock:
+            for rid in request_ids:
+                seq = self._seqs.pop(rid, None)
+                self._aborts.discard(rid)
+                if seq is None:
+                    continue
+                if seq in self._incoming:
+                    self._incoming.remove(seq)
+                elif self.scheduler is not None:
+                    if seq.status == Status.RUNNING:
+                        self.scheduler.finish(seq)
+                    else:
+                        self.scheduler.remove(seq)
+                seq.status = Status.FINISHED
+                seq.finish_reason = seq.finish_reason or "abort"
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step (call from ONE thread). Returns the outputs it produced."""
@@ -328,44 +392,58 @@ class Engine:
             for seq in batch.seqs:
                 if seq.first_scheduled is None:
                     seq.first_scheduled = now
-            sampled, logits = self.runner.run(batch, self.pool)
-            tokens = self.sampler(logits, sampled) if sampled else []
+            sampled, logits, failed = self._forward(batch)
+            tokens, errors = self.sampler(logits, sampled) if sampled else ([], {})
         self.counters["steps_total"] += 1
         self.counters["batch_tokens_total"] += batch.total_tokens
         for seq, n in zip(batch.seqs, batch.num_tokens):
             if seq.num_computed == 0 and seq.preemptions == 0:
                 self.counters["prompt_tokens_total"] += seq.prompt_len
             seq.num_computed += n
+        for seq, why in failed:
+            self._fail(seq, why, outs)
         now = time.perf_counter()
         for i, (seq, tok) in enumerate(zip(sampled, tokens)):
-            seq.tokens.append(tok)
-            if seq.logits is not None:
-                seq.logits.append(logits[i].detach().cpu().clone())
-            if seq.first_token is None:
-                seq.first_token = now
-            self.counters["tokens_generated_total"] += 1
-            sp = seq.sampling
-            new_text, hit = update_text(seq, self.tokenizer)
-            reason = None
-            if hit or tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids):
-                reason = "stop"
-            elif seq.num_output >= sp.max_tokens or seq.num_tokens >= self.max_model_len:
-                reason = "length"
-            if reason is not None:
-                seq.emitted_text_len -= len(new_text)
-                self._finish(seq, reason, outs)
-            else:
-                new_ids = seq.output_ids[seq.emitted_tokens:]
-                seq.emitted_tokens = seq.num_output
-                outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None))
+            if tok is None:
+                self._fail(seq, errors[i], outs)
+                continue
+            try:
+                self._postprocess(seq, tok, logits[i], now, outs)
+            except Exception as exc:      # noqa: BLE001 - e.g. a tokenizer that cannot decode
+                if seq.status != Status.FINISHED:
+                    self._fail(seq, f"postprocessing failed: {type(exc).__name__}: {exc}", outs)
         return outs
+
+    def _postprocess(self, seq: Sequence, tok: int, logits_row, now: float,
+                     outs: list[RequestOutput]) -> None:
+        """Append the sampled token, detokenize, check the stop conditions."""
+        seq.tokens.append(tok)
+        if seq.logits is not None:
+            seq.logits.append(logits_row.detach().cpu().clone())
+        if seq.first_token is None:
+            seq.first_token = now
+        self.counters["tokens_generated_total"] += 1
+        sp = seq.sampling
+        new_text, hit = update_text(seq, self.tokenizer)
+        reason = None
+        if hit or tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids):
+            reason = "stop"
+        elif seq.num_output >= sp.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            seq.emitted_text_len -= len(new_text)
+            self._finish(seq, reason, outs)
+        else:
+            new_ids = seq.output_ids[seq.emitted_tokens:]
+            seq.emitted_tokens = seq.num_output
+            outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None))
 
     # ---- offline helpers -------------------------------------------------------------------
     @staticmethod
     def _result(seq: Sequence) -> GenerationResult:
         return GenerationResult(seq.request_id, seq.adapter, seq.prompt, seq.text,
                                 seq.output_ids, seq.finish_reason or "abort", seq.prompt_len,
-                                seq.timings())
+                                seq.timings(), seq.error)
 
     def generate(self, prompts, adapter=None, adapters=None, sampling=None, progress=False,
                  **sampling_kw) -> list[GenerationResult]:
@@ -404,14 +482,19 @@ class Engine:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(ids), desc="generate")
-        while pending:
-            for out in self.step():
-                if out.finished and out.request_id in pending:
-                    pending.discard(out.request_id)
-                    if bar is not None:
-                        bar.update(1)
-        if bar is not None:
-            bar.close()
+        try:
+            while pending:
+                for out in self.step():
+                    if out.finished and out.request_id in pending:
+                        pending.discard(out.request_id)
+                        if bar is not None:
+                            bar.update(1)
+        except BaseException:
+            self._discard(pending)        # a later generate() starts clean
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
         return [self._result(seqs[r]) for r in ids]
 
     def stream(self, prompt, adapter=None, sampling=None, **sampling_kw
@@ -466,12 +549,12 @@ class Engine:
             slots = {}
             try:
                 for a in dict.fromkeys(x for x in alist if x is not None):
-                    slots[a] = self._acquire_blocking(a)
+                    slots[a] = self._acquire_blocking(self.pool.bind(a))
                 row_slots = [slots[a] if a is not None else -1 for a in alist]
                 order = sorted(range(len(tlist)), key=lambda i: row_slots[i])
                 rs = [row_slots[i] for i in order]
-                h, starts = encode(self.model, [toks[i] for i in order], rs, self.pool,
-                                   self.device, [types[i] for i in order])
+                h, starts = encode(self.model, [toks[i] for i in order], rs, self.device,
+                                   [types[i] for i in order])
                 with torch.inference_mode():
                     res = head(h, starts, [len(toks[i]) for i in order], rs)
             finally:
@@ -481,20 +564,25 @@ class Engine:
         out[torch.tensor(order)] = res
         return out[0] if single else out
 
-    def _acquire_blocking(self, name: str) -> int:
+    def _acquire_blocking(self, ref) -> int:
+        """Pin instance ``ref`` (bound by the caller; unbound here) on the device."""
         from .scheduler import AdapterUnavailable
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                slot = self.pool.acquire(name)
-            except AdapterUnavailable as e:
-                raise ValueError(str(e)) from None
-            if slot is not None:
-                return slot
-            if all(e is not None and e.pins for e in self.pool.slot_entry):
-                raise RuntimeError("every adapter slot is pinned; raise device_adapter_capacity")
-            self.pool.ensure_host(name, timeout=60)
-        raise RuntimeError(f"adapter {name!r} could not be loaded")
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    slot = self.pool.acquire(ref)
+                except AdapterUnavailable as e:
+                    raise ValueError(str(e)) from None
+                if slot is not None:
+                    return slot
+                if all(e is not None and e.pins for e in self.pool.slot_entry):
+                    raise RuntimeError("every adapter slot is pinned; raise "
+                                       "device_adapter_capacity")
+                self.pool.ensure_host(ref, timeout=60)
+            raise RuntimeError(f"adapter {ref.name!r} could not be loaded")
+        finally:
+            self.pool.unbind(ref)        # the pin (or the failure) now holds the instance
 
     def embed(self, texts, adapter=None, normalize: bool = True) -> torch.Tensor:
         """Sentence embeddings (N, hidden), float32: mean of the last hidden states over each
@@ -512,7 +600,7 @@ class Engine:
         from .models.batch import AdapterBatch
 
         def head(h, starts, lens, row_slots):
-            ab = AdapterBatch(row_slots, self.pool, self.device)
+            ab = AdapterBatch(row_slots, self.device)
             return self.model.classify(h, torch.tensor(starts, device=self.device), ab)
         return self._encode(texts, adapter, head)
 

@@ -31,7 +31,7 @@ def wrap_model(hf):
 class ModelRunner:
     """Runs decoder steps over the paged KV cache.
 
-    ``run(batch, pool)`` feeds each scheduled sequence its chunk (tokens
+    ``run(batch)`` feeds each scheduled sequence its chunk (tokens
     ``num_computed .. num_computed+n``), writes their K/V, and returns the float32 logits of
     the sequences whose chunk reached their last token (those that sample this step).
     """
@@ -43,7 +43,7 @@ class ModelRunner:
         self.device = torch.device(device)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, pool) -> tuple[list[Sequence], torch.Tensor]:
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         bs = self.block_size
         ids: list[int] = []
         pos: list[int] = []
@@ -71,7 +71,7 @@ class ModelRunner:
         attn = AttnBatch(starts, q_lens, ctx_lens, causal=True, block_tables=tables,
                          slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
                          kv_cache=self.kv)
-        ab = AdapterBatch(row_slots, pool, dev)
+        ab = AdapterBatch(row_slots, dev)
         logits = self.model.forward(torch.tensor(ids, dtype=torch.long, device=dev),
                                     torch.tensor(pos, dtype=torch.long, device=dev), attn, ab,
                                     torch.tensor(logit_rows, dtype=torch.long, device=dev))
@@ -80,7 +80,7 @@ class ModelRunner:
 
 @torch.inference_mode()
 def encode(model: BertEncoder, token_lists: list[list[int]], row_slots_per_text: list[int],
-           pool, device, token_types: list[list[int]] | None = None) -> tuple[torch.Tensor, list[int]]:
+           device, token_types: list[list[int]] | None = None) -> tuple[torch.Tensor, list[int]]:
     """Packed encoder forward. Returns hidden states (T, hidden) and each text's start row."""
     ids, pos, tt, row_slots, starts, lens = [], [], [], [], [], []
     for i, toks in enumerate(token_lists):
@@ -94,7 +94,7 @@ def encode(model: BertEncoder, token_lists: list[list[int]], row_slots_per_text:
     if order != list(range(len(token_lists))):
         raise ValueError("texts must be grouped by adapter slot (base first)")
     attn = AttnBatch(starts, lens, lens, causal=False)
-    ab = AdapterBatch(row_slots, pool, device) if pool is not None else None
+    ab = AdapterBatch(row_slots, device)
     t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
     h = model.hidden(t(ids), t(pos), attn, ab, t(tt))
     return h, starts

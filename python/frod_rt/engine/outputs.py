@@ -11,7 +11,8 @@ class RequestOutput:
     new_token_ids: list[int]
     new_text: str                   # detokenized delta ("" while a UTF-8 char is incomplete)
     finished: bool
-    finish_reason: str | None       # "stop" | "length" | "abort" | None
+    finish_reason: str | None       # "stop" | "length" | "abort" | "error" | None
+    error: str | None = None        # why the request failed ("error") or could not be served
 
 
 @dataclass
@@ -25,3 +26,4 @@ class GenerationResult:
     finish_reason: str
     prompt_tokens: int
     timings: dict = field(default_factory=dict)   # queued_s, ttft_s, total_s, tokens_per_s
+    error: str | None = None        # set when finish_reason is "error" (or an adapter failed)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 class SamplingParams:
     """How one request samples tokens.
 
-    temperature 0 means greedy (argmax); otherwise logits are divided by ``temperature``,
+    temperature 0 means greedy (argmax), and so does any temperature below 1e-5
+    (``sampler.GREEDY_BELOW``, as vLLM); otherwise logits are divided by ``temperature``,
     filtered by ``top_k`` (0 = off) then ``top_p`` (nucleus, 1.0 = off) and sampled with a
     per-request ``torch.Generator`` seeded by ``seed`` (a random seed when None). Generation
     stops at ``max_tokens`` new tokens ("length"), at an EOS token unless ``ignore_eos``,
@@ -38,8 +39,8 @@ class SamplingParams:
                 or not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or self.seed < 0):
-            raise ValueError(f"seed: expected None or an integer >= 0, got {self.seed!r}")
+                                      or not 0 <= self.seed < 2**64):
+            raise ValueError(f"seed: expected None or an integer in [0, 2**64), got {self.seed!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple)) or not all(

@@ -41,16 +41,21 @@ class Scheduler:
 
     Args:
         block_manager: the KV block pool.
-        adapter_pool: object with ``acquire(name) -> slot | None`` (None = not ready yet;
-            raises AdapterUnavailable when it never will be) and ``release(slot)``;
-            name None is the base model (slot -1).
+        adapter_pool: object with ``acquire(instance, resume) -> slot | None`` (None = not
+            ready yet; raises AdapterUnavailable when it never will be) and ``release(slot)``;
+            instance None is the base model (slot -1). A sequence's instance is
+            ``seq.adapter_ref``, bound when the request was added; ``resume`` is True for a
+            preempted sequence (it already computed with that instance).
         max_num_seqs: running sequences at most.
         max_batch_tokens: tokens fed per step at most.
         prefill_chunk: prompt chunk size (<= max_batch_tokens - max_num_seqs).
+        max_skips: steps a waiting request may be skipped for want of an adapter slot before
+            admission stops behind it (aging; a request waits at most about ``max_skips``
+            steps plus the remaining length of the running requests that pin the slots).
     """
 
     def __init__(self, block_manager: BlockManager, adapter_pool, max_num_seqs: int,
-                 max_batch_tokens: int, prefill_chunk: int):
+                 max_batch_tokens: int, prefill_chunk: int, max_skips: int = 16):
         self.bm = block_manager
         self.adapters = adapter_pool
         self.max_num_seqs = max_num_seqs
@@ -60,6 +65,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.preemptions_total = 0
         self.failed: list[tuple[Sequence, str]] = []   # (seq, reason) to report as aborted
+        self.max_skips = max(1, int(max_skips))
+        self._skips: dict[str, int] = {}    # request id -> steps skipped for want of a slot
 
     # ---- queue management ---------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -76,6 +83,7 @@ class Scheduler:
             self._release(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        self._skips.pop(seq.request_id, None)
 
     def _release(self, seq: Sequence) -> None:
         self.bm.free(seq)
@@ -123,8 +131,10 @@ class Scheduler:
             chosen.append((seq, n))
             budget -= n
             i += 1
-        # 2. admit waiting requests (FCFS on resources; ones whose adapter is still loading
-        #    are skipped this step without blocking the others)
+        # 2. admit waiting requests (FCFS on resources; ones whose adapter has no slot yet
+        #    are skipped this step without blocking the others, until one has been skipped
+        #    ``max_skips`` times: then nothing behind it is admitted, so the slots drain and
+        #    it gets one -- aging, which bounds how long any adapter can starve)
         for seq in list(self.waiting):
             if len(self.running) >= self.max_num_seqs:
                 break
@@ -132,13 +142,19 @@ class Scheduler:
             if n > budget or not self.bm.can_allocate(seq, n):
                 break
             try:
-                slot = self.adapters.acquire(seq.adapter)
+                slot = self.adapters.acquire(seq.adapter_ref, resume=seq.preemptions > 0)
             except AdapterUnavailable as e:
                 self.waiting.remove(seq)
+                self._skips.pop(seq.request_id, None)
                 self.failed.append((seq, str(e)))
                 continue
             if slot is None:
+                skips = self._skips.get(seq.request_id, 0) + 1
+                self._skips[seq.request_id] = skips
+                if skips >= self.max_skips:
+                    break                  # aged: hold everything behind it
                 continue
+            self._skips.pop(seq.request_id, None)
             self.waiting.remove(seq)
             seq.slot = slot
             seq.status = Status.RUNNING

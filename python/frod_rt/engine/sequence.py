@@ -21,17 +21,20 @@ class Sequence:
     ``tokens`` = prompt + generated ids. ``num_computed`` tokens already have K/V in the
     cache (positions ``0..num_computed-1``); the next forward feeds
     ``tokens[num_computed : num_computed + chunk]``. ``block_table`` lists the KV blocks in
-    position order. ``adapter`` is the adapter name (None = base model); ``slot`` is its
-    device-pool slot while the sequence is running (-1 for the base model).
+    position order. ``adapter`` is the adapter name (None = base model) and ``adapter_ref``
+    the adapter *instance* it was submitted with (what it computes with, even after the name is
+    removed and added again); ``slot`` is its device slot while the sequence is running (-1
+    for the base model).
     """
 
     def __init__(self, request_id: str, prompt, prompt_ids: list[int], adapter: str | None,
-                 sampling: SamplingParams, arrival: float | None = None):
+                 sampling: SamplingParams, arrival: float | None = None, adapter_ref=None):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_len = len(prompt_ids)
         self.tokens: list[int] = list(prompt_ids)
         self.adapter = adapter
+        self.adapter_ref = adapter_ref
         self.sampling = sampling
         self.status = Status.WAITING
         self.num_computed = 0

@@ -102,7 +102,7 @@ def random_adapter(model, path, target_modules, name: str | None = None,
     """
     from ..method.adapter_io import AdapterConfig, AdapterFile, LayerDelta, write_adapter
     from ..method.decompose import decompose
-    from ..method.patterns import pattern_size
+    from ..method.patterns import pattern_size, positions_to_pairs
     d = decomposition or decompose(model, target_modules, cache_dir=cache_dir, progress=False,
                                    category_mode=category_mode)
     g = torch.Generator().manual_seed(seed)
@@ -118,11 +118,8 @@ def random_adapter(model, path, target_modules, name: str | None = None,
             s = scale * l.mean() * torch.randn(k, generator=g, dtype=torch.float64)
             rows = cols = None
             if explicit_pattern:
-                N = n * (n - 1)
-                pos = torch.randperm(N, generator=g)[:k].sort().values
-                rows = (pos // (n - 1)).to(torch.int32)
-                c = pos % (n - 1)
-                cols = (c + (c >= rows)).to(torch.int32)
+                pos = torch.randperm(n * (n - 1), generator=g)[:k].sort().values
+                rows, cols = positions_to_pairs(pos, n)
             layers[lname] = LayerDelta(dl.to(torch.float32), s.to(torch.float32), rows, cols)
     tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     cfg = AdapterConfig(1, d.fingerprint, tm, float(sparse_rate), int(pattern_seed), d.alpha,
@@ -135,9 +132,9 @@ def random_adapter(model, path, target_modules, name: str | None = None,
 def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
     """Dense float64 ``W' = U (diag(l + dl) + S) V^T`` per adapted layer (out, in), for
     checking the engine against a plain model with the adapter merged in."""
-    from ..method.config import pattern_seed_string
     from ..method.decompose import decompose
-    from ..method.patterns import sparse_pattern
+    from ..method.delta import adapted_weight
+    from ..method.patterns import delta_pattern
     from ..method.categories import decomposition_category_mode
     d = decomposition or decompose(model, sorted(adapter.layers), alpha=adapter.config.alpha,
                                    cache_dir=cache_dir, progress=False,
@@ -147,16 +144,9 @@ def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
     for lname, delta in adapter.layers.items():
         b = d.layers[lname]
         cat = d.categories[b.category]
-        n = cat.in_features
-        if delta.rows is not None:
-            rows, cols = delta.rows.long(), delta.cols.long()
-        else:
-            seed_key = pattern_seed_string(d.pattern_seed_key(cat.key), adapter.config.seed)
-            r, c = sparse_pattern(seed_key, cat.key, n, delta.s.shape[0])
-            rows, cols = r.long(), c.long()
-        M = torch.diag(b.l.double().cpu() + delta.dl.double())
-        M[rows, cols] += delta.s.double()
-        out[lname] = b.U.double().cpu() @ M @ cat.V.double().cpu().T
+        p = delta_pattern(delta, d, cat.key, adapter.config.seed)
+        out[lname] = adapted_weight(b.U.cpu(), b.l.cpu(), cat.V.cpu(), delta.dl, delta.s, p.rows,
+                                    p.cols, dtype=torch.float64, compute=torch.float64)
     return out
 
 

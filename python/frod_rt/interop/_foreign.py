@@ -32,7 +32,7 @@ from ..method.adapter_io import AdapterConfig, AdapterError, AdapterFile, FORMAT
 from ..method.basis import Category, Decomposition, LayerBasis
 from ..method.decompose import category_key
 from ..method.fingerprint import _tensor_bytes, base_fingerprint
-from ..method.patterns import sparse_pattern
+from ..method.patterns import layer_pattern
 
 class BasisMismatch(AdapterError):
     """A foreign basis is not a signed permutation of frod_rt's: most likely another base."""
@@ -184,13 +184,11 @@ def _category_table(layers: list[ForeignLayer], keys: dict[str, str], k_of: dict
 def _deltas(layers, keys, decomposition, mapped, dtype):
     """LayerDelta per layer; rows/cols only when the pattern is not the category default."""
     out = {}
-    default_cache: dict[tuple[str, int], tuple] = {}
     for fl in layers:
         dl, rows, cols, s = mapped[fl.name]
-        key, n, k = keys[fl.name], fl.weight.shape[1], int(s.numel())
-        if (key, k) not in default_cache:
-            default_cache[(key, k)] = sparse_pattern(decomposition.pattern_seed_key(key), key, n, k)
-        dr, dc = default_cache[(key, k)]
+        key, k = keys[fl.name], int(s.numel())
+        default = layer_pattern(decomposition, key, 0, k)     # imported adapters use seed 0
+        dr, dc = default.rows, default.cols
         same = torch.equal(dr.to(torch.int64), rows) and torch.equal(dc.to(torch.int64), cols)
         out[fl.name] = LayerDelta(dl.to(dtype), s.to(dtype),
                                   None if same else rows.to(torch.int32),

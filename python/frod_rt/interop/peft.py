@@ -39,6 +39,7 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import is_conv1d, linear_weight
 from ..method.decompose import decompose
+from ..method.patterns import delta_pattern
 from .peft_dir import read_peft_frod_dir, split_lambda_tensors
 from ._foreign import (ForeignLayer, check_foreign_bases, foreign_split, resolve_basis,
                        signed_permutation)
@@ -376,13 +377,8 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
         # ours column j == sign_j * PEFT column pi(j): move values to PEFT's columns
         dl_p = torch.zeros(cat.in_features, dtype=torch.float64)
         dl_p[pi] = d.dl.to(torch.float64)
-        if d.rows is None:
-            from ..method.patterns import sparse_pattern
-            rows, cols = sparse_pattern(decomposition.pattern_seed_key(cat.key), cat.key,
-                                        cat.in_features, int(d.s.numel()))
-        else:
-            rows, cols = d.rows, d.cols
-        rows, cols = rows.to(torch.int64), cols.to(torch.int64)
+        pattern = delta_pattern(d, decomposition, cat.key, adapter.config.seed)
+        rows, cols = pattern.rows.to(torch.int64), pattern.cols.to(torch.int64)
         s_p = d.s.to(torch.float64) * sign[rows] * sign[cols]
         r_p, c_p = pi[rows], pi[cols]
         order = torch.argsort(r_p * cat.in_features + c_p)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFile, LayerDelta,
                          check_against)
 from .categories import decomposition_category_mode
-from .config import FrodConfig, check_adapter_name, pattern_seed_string
+from .config import FrodConfig, check_adapter_name
+from .patterns import delta_pattern
 
 
 def export_adapter(fm, name: str) -> AdapterFile:
@@ -49,7 +50,8 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
     if name in fm.adapter_configs:
         raise ValueError(f"adapter {name!r} already exists; delete_adapter() it or load under "
                          "another name")
-    check_against(adapter, fm.decomposition)
+    decomposition = fm.decomposition
+    check_against(adapter, decomposition)
     cfg = adapter.config
     layers = fm.frod_layers()
     covered = {n for c in cfg.categories.values() for n in c["layers"]}
@@ -64,11 +66,7 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
                 raise AdapterError(f"adapter {name!r}: layer {lname!r} values have shapes "
                                    f"{tuple(d.dl.shape)}, {tuple(d.s.shape)}; expected "
                                    f"({m.in_features},), ({c['k']},)")
-            if d.rows is not None:
-                pattern = (d.rows, d.cols)
-            else:
-                pattern = (key, c["k"])
-            plan.append((m, d, pattern))
+            plan.append((m, d, delta_pattern(d, decomposition, key, cfg.seed)))
     regex = bool(cfg.extra.get("target_modules_is_regex"))
     try:
         config = FrodConfig(target_modules=cfg.target_modules[0] if regex else cfg.target_modules,
@@ -82,13 +80,9 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
     added = []
     try:
         for m, d, pattern in plan:
-            if isinstance(pattern[0], str):
-                key, k = pattern
-                fp = fm._categories[key][3] or fm.fingerprint
-                pname = fm.state.shared_pattern(pattern_seed_string(fp, cfg.seed), key,
-                                                m.in_features, k)
-                pattern = ("shared", pname)
-            m.add_adapter(name, d.dl.detach().clone(), d.s.detach().clone(), pattern)
+            ref = (pattern.rows, pattern.cols) if d.rows is not None else \
+                ("shared", fm.state.shared_pattern(pattern))
+            m.add_adapter(name, d.dl.detach().clone(), d.s.detach().clone(), ref)
             added.append(m)
     except Exception:
         for m in added:

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .categories import category_key, is_supported, linear_weight
+
 FORMAT_NAME = "frod_rt.adapter"
 FORMAT_VERSION = 1
 CONFIG_NAME = "frod_adapter.json"
@@ -85,6 +87,8 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
             _fail(path, f"config field {key!r} has the wrong type {type(raw[key]).__name__}")
     if not all(isinstance(t, str) for t in raw["target_modules"]):
         _fail(path, "target_modules must be a list of strings")
+    if raw["seed"] < 0:
+        _fail(path, f"config field 'seed' must be >= 0, got {raw['seed']}")
     if not (0.0 <= float(raw["sparse_rate"]) <= 1.0) or not float(raw["alpha"]) > 0:
         _fail(path, f"sparse_rate {raw['sparse_rate']!r} / alpha {raw['alpha']!r} out of range")
     cats = {}
@@ -106,6 +110,9 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
         for name in layers:
             if name in seen:
                 _fail(path, f"layer {name!r} is listed twice")
+            if category_key(name, c["out"], n) != key:
+                _fail(path, f"layer {name!r} cannot belong to category {key!r} (its category "
+                            f"would be {category_key(name, c['out'], n)!r})")
             seen.add(name)
         fp = c.get("fingerprint", "")
         if not isinstance(fp, str):
@@ -195,6 +202,35 @@ def read_adapter(path, name: str | None = None) -> AdapterFile:
         _fail(path, f"{WEIGHTS_NAME} is truncated or corrupt ({e})")
     layers = _check_tensors(path, config, tensors)
     return AdapterFile(name or stored_name or path.name, config, layers)
+
+
+def read_config(path) -> AdapterConfig:
+    """The validated config of an adapter directory (its JSON only; AdapterError if bad)."""
+    path = Path(path)
+    try:
+        raw = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(path, f"{CONFIG_NAME} is missing or not valid JSON ({e})")
+    return _parse_config(path, raw)[1]
+
+
+def check_modules(config: AdapterConfig, model, where: str = "adapter") -> None:
+    """AdapterError unless every layer the adapter names is a layer of ``model`` that FRoD can
+    adapt (``nn.Linear`` or ``Conv1D``) with its category's (out, in) shape."""
+    modules = dict(model.named_modules())
+    for key, c in config.categories.items():
+        for name in c["layers"]:
+            m = modules.get(name)
+            if m is None:
+                raise AdapterError(f"{where}: layer {name!r} does not exist in the base model")
+            if not is_supported(m):
+                raise AdapterError(f"{where}: layer {name!r} is a {type(m).__name__}; FRoD "
+                                   "adapts nn.Linear and Conv1D layers only")
+            shape = tuple(linear_weight(m).shape)
+            if shape != (c["out"], c["in"]):
+                raise AdapterError(f"{where}: layer {name!r} has shape {shape[0]}x{shape[1]} in "
+                                   f"the base, the adapter's category {key!r} says "
+                                   f"{c['out']}x{c['in']}")
 
 
 def write_adapter(path, adapter: AdapterFile) -> None:

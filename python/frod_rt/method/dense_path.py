@@ -18,28 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def rotation_matrix(dl: Tensor, s: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """Dense ``M = diag(dl) + S`` (n, n) with ``S[rows_j, cols_j] += s_j``."""
-    M = torch.diag(dl)
-    if s.numel():
-        M = M.index_put((rows.long(), cols.long()), s, accumulate=True)
-    return M
-
-
-def delta_weight(U: Tensor, V: Tensor, dl: Tensor, s: Tensor, rows: Tensor, cols: Tensor,
-                 dtype: torch.dtype | None = None) -> Tensor:
-    """``dW = U (diag(dl) + S) V^T`` (out, n), computed in float32 (float64 for float64) and
-    returned in ``dtype`` (default U's dtype)."""
-    acc = compute_dtype(U.dtype)
-    M = rotation_matrix(dl.to(acc), s.to(acc), rows, cols)
-    dW = (U.to(acc) @ M) @ V.to(acc).T
-    return dW.to(dtype or U.dtype)
+from .delta import compute_dtype, delta_weight
 
 
 def _pattern_grad(U: Tensor, P: Tensor, rows: Tensor, cols: Tensor, chunk: int) -> Tensor:

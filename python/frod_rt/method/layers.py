@@ -21,7 +21,8 @@ from torch import nn
 
 from .. import ops
 from .categories import is_conv1d
-from .dense_path import delta_weight, dense_frod_linear, prefer_dense
+from .delta import delta_weight
+from .dense_path import dense_frod_linear, prefer_dense
 from .state import FrodState
 
 

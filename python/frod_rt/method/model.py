@@ -15,11 +15,10 @@ from torch import nn
 from .adapter_io import AdapterFile, read_adapter, write_adapter
 from .basis import Category, Decomposition, LayerBasis
 from .categories import decomposition_category_mode, is_supported, name_matches
-from .config import (BASE, DEFAULT_CATEGORY_MODE, FrodConfig, check_adapter_name,
-                     pattern_seed_string)
+from .config import BASE, DEFAULT_CATEGORY_MODE, FrodConfig, check_adapter_name
 from .decompose import decompose
 from .layers import FrodLinear
-from .patterns import pattern_size
+from .patterns import layer_pattern, pattern_size
 from .state import FrodState, Routing
 from . import adapter_files, merge as _merge, optim as _optim
 
@@ -136,13 +135,13 @@ class FrodModel(nn.Module):
             raise ValueError(f"config.category_mode={config.category_mode!r} differs from the "
                              f"model's decomposition ({self.category_mode!r})")
         layers = self.frod_layers()
+        decomposition = self.decomposition
         for lname in self._target_layers(config.target_modules):
             m = layers[lname]
             n = m.in_features
             k = pattern_size(n, config.sparse_rate)
-            fp = self._categories[m.category][3] or self._fingerprint
-            pname = self.state.shared_pattern(pattern_seed_string(fp, config.seed), m.category,
-                                              n, k)
+            pname = self.state.shared_pattern(layer_pattern(decomposition, m.category,
+                                                            config.seed, k))
             dtype = config.param_dtype or m.frod_U.dtype
             dl = torch.zeros(n, dtype=dtype)
             s = torch.zeros(k, dtype=dtype)

@@ -7,11 +7,16 @@ map is increasing in ``p``, so sorting positions sorts the pattern by (row, col)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["pattern_size", "sparse_pattern", "pattern_seed"]
+from .config import pattern_seed_string
+
+__all__ = ["pattern_size", "sparse_pattern", "pattern_seed", "positions_to_pairs",
+           "LayerPattern", "layer_pattern", "own_pattern", "delta_pattern"]
 
 
 def pattern_size(n: int, sparse_rate: float) -> int:
@@ -79,8 +84,65 @@ def sparse_pattern(fingerprint: str, category: str, n: int, k: int
         z = torch.empty(0, dtype=torch.int32)
         return z, z.clone()
     gen = torch.Generator(device="cpu").manual_seed(pattern_seed(fingerprint, category, k))
-    p = _sample_positions(N, k, gen)
+    return positions_to_pairs(_sample_positions(N, k, gen), n)
+
+
+def positions_to_pairs(p: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Off-diagonal positions ``p`` in ``[0, n(n-1))`` (int64) -> int32 (rows, cols) with
+    ``row = p // (n-1)``, ``col = c + (c >= row)``, ``c = p % (n-1)`` (monotone in ``p``)."""
     rows = p // (n - 1)
     c = p % (n - 1)
     cols = c + (c >= rows).to(torch.int64)
     return rows.to(torch.int32), cols.to(torch.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPattern:
+    """The sparse pattern of one adapter layer: int32 (k,) ``rows``/``cols`` on the CPU and a
+    ``key`` that identifies the *content* (equal keys <=> equal patterns), so caches can be
+    keyed by it (never by object identity). Treat the tensors as read-only: they are shared."""
+    key: tuple
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.rows.shape[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _default_pattern(seed_string: str, category: str, n: int, k: int) -> LayerPattern:
+    rows, cols = sparse_pattern(seed_string, category, n, k)
+    return LayerPattern(("default", seed_string, category, n, k), rows, cols)
+
+
+def layer_pattern(decomposition, category: str, seed: int, k: int) -> LayerPattern:
+    """The default pattern of an adapter layer of ``category`` with pattern seed ``seed``
+    (``FrodConfig.seed``) and ``k`` entries: ``sparse_pattern(pattern_seed_string(category
+    fingerprint, seed), category, in, k)``. Every adapter with the same (seed, k) on one base
+    shares it. ``decomposition``: a :class:`Decomposition` (its ``pattern_seed_key`` and the
+    category's ``in_features``). Results are cached (bounded LRU, keyed by content)."""
+    n = decomposition.categories[category].in_features
+    return _default_pattern(pattern_seed_string(decomposition.pattern_seed_key(category), int(seed)),
+                            category, int(n), int(k))
+
+
+def own_pattern(rows: torch.Tensor, cols: torch.Tensor) -> LayerPattern:
+    """A pattern given explicitly (imported adapters), keyed by a sha256 of its content."""
+    r = rows.detach().to("cpu", torch.int32).contiguous()
+    c = cols.detach().to("cpu", torch.int32).contiguous()
+    if r.shape != c.shape or r.dim() != 1:
+        raise ValueError(f"pattern rows/cols: expected two (k,) tensors, got {tuple(r.shape)} "
+                         f"and {tuple(c.shape)}")
+    h = hashlib.sha256(r.numpy().tobytes())
+    h.update(c.numpy().tobytes())
+    return LayerPattern(("own", int(r.shape[0]), h.hexdigest()), r, c)
+
+
+def delta_pattern(delta, decomposition, category: str, seed: int) -> LayerPattern:
+    """The pattern of one adapter layer given its ``LayerDelta``: the delta's own rows/cols
+    when it carries them (imported adapters), else ``layer_pattern(decomposition, category,
+    seed, k)`` with ``k = len(delta.s)``."""
+    if delta.rows is not None:
+        return own_pattern(delta.rows, delta.cols)
+    return layer_pattern(decomposition, category, seed, int(delta.s.shape[0]))

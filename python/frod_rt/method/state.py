@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import ops
 from .config import BASE
-from .patterns import sparse_pattern
+from .patterns import LayerPattern
 
 
 class Routing:
@@ -83,18 +83,16 @@ class FrodState(nn.Module):
     def V(self, key: str) -> torch.Tensor:
         return getattr(self, self._v_names[key])
 
-    def shared_pattern(self, seed_string: str, category: str, n: int, k: int) -> str:
-        """Name of the buffer pair holding ``sparse_pattern(seed_string, category, n, k)``,
-        drawn on first use."""
-        key = (seed_string, category, n, k)
-        name = self._p_names.get(key)
+    def shared_pattern(self, pattern: LayerPattern) -> str:
+        """Name of the buffer pair holding ``pattern`` (one per content key), registered on
+        first use."""
+        name = self._p_names.get(pattern.key)
         if name is None:
             name = f"P_{len(self._p_names)}"
-            rows, cols = sparse_pattern(seed_string, category, n, k)
             dev = next((b.device for b in self.buffers()), torch.device("cpu"))
-            self.register_buffer(name + "_rows", rows.to(dev), persistent=False)
-            self.register_buffer(name + "_cols", cols.to(dev), persistent=False)
-            self._p_names[key] = name
+            self.register_buffer(name + "_rows", pattern.rows.to(dev, copy=True), persistent=False)
+            self.register_buffer(name + "_cols", pattern.cols.to(dev, copy=True), persistent=False)
+            self._p_names[pattern.key] = name
         return name
 
     def pattern(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

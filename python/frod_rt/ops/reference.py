@@ -35,15 +35,9 @@ def rotate_segments_reference(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> 
     return h
 
 
-def dense_update(U, V, dl, s, rows, cols) -> torch.Tensor:
-    """dW = U (diag(dl) + S) V^T for one adapter (dl (n,), s (k,), rows/cols (k,))."""
-    M = torch.diag(dl).clone()
-    M = M.index_put((rows.long(), cols.long()), s, accumulate=True)
-    return U @ M @ V.T
-
-
 def frod_linear_reference(x, weight, bias, V, U, seg_indptr, seg_adapter, dl, s, rows, cols):
     """Row-by-row dense reference: y[t] = x[t] (W + dW_a(t))^T + b, dW_a = U (diag(dl_a)+S_a) V^T."""
+    from ..method.delta import delta_weight   # lazy: frod_rt.method imports frod_rt.ops
     T = x.shape[0]
     ids = _segment_ids(seg_indptr, seg_adapter, T)
     y = x @ weight.T
@@ -56,6 +50,6 @@ def frod_linear_reference(x, weight, bias, V, U, seg_indptr, seg_adapter, dl, s,
         sel = (ids == a).nonzero().squeeze(1)
         r = rows[a] if rows.dim() == 2 else rows
         c = cols[a] if cols.dim() == 2 else cols
-        dW = dense_update(U, V, dl[a], s[a], r, c)
+        dW = delta_weight(U, V, dl[a], s[a], r, c, compute=U.dtype)
         out[sel] = y[sel] + x[sel] @ dW.T
     return out

@@ -4,18 +4,22 @@
     POST   /v1/chat/completions     chat completion (tokenizer's chat template, else
                                     ``frod_rt.server.chat.simple_template``)
     GET    /v1/models               the base model and every adapter
-    POST   /v1/adapters             load {"name", "path"} at run time
-    DELETE /v1/adapters/{name}      unload an adapter
-    GET    /health                  200 while the engine loop runs, else 503
+    POST   /v1/adapters             load {"name", "path"} at run time  (adapter_routes.py;
+    DELETE /v1/adapters/{name}      unload an adapter                   only with
+    POST   /v1/load_lora_adapter    vLLM's load route                   allow_adapter_loading)
+    POST   /v1/unload_lora_adapter  vLLM's unload route
+    GET    /health                  200 while the engine loop runs, else 503 (no auth)
     GET    /metrics                 Prometheus text
 
 ``model`` selects the adapter by name; the base model's name (``engine.base_name``) selects
-no adapter. Errors use OpenAI's shape (see ``frod_rt.server.errors``).
+no adapter. Errors use OpenAI's shape (see ``frod_rt.server.errors``). Limits and security
+options: ``ServerConfig`` (config.py), enforced by ``Guard`` (guard.py) and limits.py.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 
@@ -24,43 +28,48 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engine.errors import UnknownAdapterError
 from . import metrics as _metrics
+from .adapter_routes import add_adapter_routes
 from .chat import chat_prompt
+from .config import ServerConfig
 from .errors import APIError
 from .generation import Batch, ClientGone, collect, new_id, stream_chunks, usage
+from .guard import Guard
+from .limits import check_messages, check_prompts, check_stops, tokenize_prompts
 from .loop import EngineLoop
-from .protocol import (AdapterLoadRequest, ChatRequest, CompletionRequest, check_unsupported,
+from .protocol import (ChatRequest, CompletionRequest, check_unknown_fields, check_unsupported,
                        prompts_of, sampling_dict)
+
+log = logging.getLogger("frod_rt.server")
 
 
 class ServerState:
     """What the routes share: the engine, its loop and the server's own counters."""
 
-    def __init__(self, engine, loop: EngineLoop, default_max_tokens: int = 16):
+    def __init__(self, engine, loop: EngineLoop, default_max_tokens: int = 16,
+                 config: ServerConfig | None = None):
         self.engine = engine
         self.loop = loop
         self.default_max_tokens = default_max_tokens
+        self.config = config or ServerConfig()
         self.started = int(time.time())
         self.rejected: Counter = Counter()
         self.http_errors: Counter = Counter()
         self.adapter_loads_total = 0
         self.adapter_unloads_total = 0
-        self.adapter_lock = asyncio.Lock()
 
     def count_rejected(self, reason: str) -> None:
         self.rejected[reason] += 1
 
     def resolve_model(self, model: str) -> str | None:
-        """The adapter name for ``model`` (None = base); 404 for an unknown model."""
+        """The adapter name for ``model`` (None = base); 404 for an unknown model (the message
+        does not list the adapters: ``GET /v1/models`` does, to whoever may call it)."""
         if model == self.engine.base_name:
             return None
-        names = self.engine.adapters()
-        if model in names:
+        if model in self.engine.adapters():
             return model
-        avail = ", ".join([self.engine.base_name] + names)
-        raise APIError(404, f"model {model!r} not found; available: {avail}", param="model",
-                       code="model_not_found")
+        raise APIError(404, f"model {model!r} not found (GET /v1/models lists the served "
+                       "models)", param="model", code="model_not_found")
 
     def model_card(self, name: str) -> dict:
         base = self.engine.base_name
@@ -68,14 +77,18 @@ class ServerState:
                 "root": base, "parent": None if name == base else base}
 
 
-def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = None) -> FastAPI:
-    """The app serving ``engine`` (a decoder ``frod_rt.Engine``). The engine loop thread
+def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = None,
+               config: ServerConfig | None = None):
+    """The FastAPI app serving ``engine`` (a decoder ``frod_rt.Engine``), its routes behind
+    the :class:`Guard` middleware (Host allow-list, API key, body size). ``config``: limits and
+    security options (:class:`ServerConfig`; defaults open nothing). The engine loop thread
     starts with the app (lifespan) and stops with it; ``app.state.server`` is the
     :class:`ServerState`. The waiting queue bound is the engine's ``max_waiting``."""
     if getattr(engine, "is_encoder", False):
         raise ValueError("the HTTP server serves decoder (text generation) models only")
+    config = config or ServerConfig()
     loop = loop or EngineLoop(engine)
-    state = ServerState(engine, loop, default_max_tokens)
+    state = ServerState(engine, loop, default_max_tokens, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -85,8 +98,12 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
         finally:
             await asyncio.to_thread(loop.stop)
 
-    app = FastAPI(title="frod_rt", version="0.1.0", lifespan=lifespan)
+    docs = config.enable_docs
+    app = FastAPI(title="frod_rt", version="0.1.0", lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.server = state
+    char_limit = config.prompt_char_limit(engine.max_model_len)
 
     # ---- errors -------------------------------------------------------------------------------
     def _err(e: APIError) -> JSONResponse:
@@ -109,21 +126,33 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
         msg = f"{param or 'body'}: {first.get('msg', 'invalid')}"
         if len(errs) > 1:
             msg += f" (and {len(errs) - 1} more problem(s))"
-        return _err(APIError(422, msg, param=param, code="invalid_request"))
+        return _err(APIError(400, msg, param=param, code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
-        return _err(APIError(exc.status_code, str(exc.detail)))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _err(APIError(exc.status_code, str(exc.detail), code=code,
+                             headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):
-        return _err(APIError(500, f"internal error: {type(exc).__name__}: {exc}"))
+        log.error("unexpected error in %s %s", request.method, request.url.path,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return _err(APIError(500, f"internal error ({type(exc).__name__}; details are in "
+                                  "the server log)"))
 
     # ---- generation ------------------------------------------------------------------------------
-    async def _respond(request: Request, req, prompts, chat: bool):
-        adapter = state.resolve_model(req.model)
+    def _check(req) -> str | None:
+        """Everything that can be refused without work: fields, options, model, sizes."""
+        if config.strict_fields:
+            check_unknown_fields(req)
         check_unsupported(req)
+        check_stops(req, config)
+        return state.resolve_model(req.model)
+
+    async def _respond(request: Request, req, prompts, chat: bool, adapter):
         sp = sampling_dict(req, state.default_max_tokens)
+        prompts = await tokenize_prompts(engine.tokenizer, prompts, engine.max_model_len)
         batch = Batch(state, prompts, adapter, sp)
         if req.stream:
             inc = bool(req.stream_options and req.stream_options.include_usage)
@@ -150,13 +179,17 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        return await _respond(request, req, prompts_of(req), chat=False)
+        adapter = _check(req)
+        prompts = prompts_of(req)
+        check_prompts(prompts, char_limit, engine.max_model_len)
+        return await _respond(request, req, prompts, chat=False, adapter=adapter)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        state.resolve_model(req.model)
-        prompt = chat_prompt(engine.tokenizer, req.messages)
-        return await _respond(request, req, [prompt], chat=True)
+        adapter = _check(req)
+        check_messages(req.messages, char_limit)
+        prompt = await asyncio.to_thread(chat_prompt, engine.tokenizer, req.messages)
+        return await _respond(request, req, [prompt], chat=True, adapter=adapter)
 
     # ---- models and adapters ------------------------------------------------------------------------
     @app.get("/v1/models")
@@ -169,36 +202,7 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
         state.resolve_model(name)
         return state.model_card(name)
 
-    @app.post("/v1/adapters", status_code=201)
-    async def load_adapter(req: AdapterLoadRequest):
-        if not req.name or req.name == engine.base_name:
-            raise APIError(400, f"name: {req.name!r} is not a valid adapter name (it must be "
-                           "non-empty and differ from the base model's name)", param="name")
-        async with state.adapter_lock:
-            if req.name in engine.adapters():
-                raise APIError(409, f"adapter {req.name!r} is already loaded; delete it first",
-                               param="name", code="adapter_exists")
-            try:
-                await asyncio.to_thread(engine.add_adapter, req.name, req.path)
-            except FileNotFoundError as e:
-                raise APIError(400, str(e), param="path", code="adapter_not_found") from None
-            except (ValueError, TypeError, OSError) as e:
-                code = "adapter_exists" if "already loaded" in str(e) else "invalid_adapter"
-                raise APIError(409 if code == "adapter_exists" else 400, str(e),
-                               param="path" if code == "invalid_adapter" else "name",
-                               code=code) from None
-            state.adapter_loads_total += 1
-        return state.model_card(req.name)
-
-    @app.delete("/v1/adapters/{name}")
-    async def unload_adapter(name: str):
-        async with state.adapter_lock:
-            try:
-                engine.remove_adapter(name)
-            except UnknownAdapterError as e:
-                raise APIError(404, str(e), param="name", code="model_not_found") from None
-            state.adapter_unloads_total += 1
-        return {"id": name, "object": "model", "deleted": True}
+    add_adapter_routes(app, state)
 
     # ---- operations ---------------------------------------------------------------------------------
     @app.get("/health")
@@ -218,4 +222,6 @@ def create_app(engine, default_max_tokens: int = 16, loop: EngineLoop | None = N
         return PlainTextResponse(_metrics.render(engine.stats(), server),
                                  media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(Guard, config=config,
+                       on_error=lambda status: state.http_errors.update([status]))
     return app

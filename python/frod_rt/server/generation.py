@@ -2,7 +2,8 @@
 
 ``submit_all`` queues one engine request per prompt (all sharing one output queue);
 ``collect`` waits for them (non-streaming) and ``stream_chunks`` yields server-sent events.
-Both poll the client connection and abort the engine requests when the client goes away.
+Both poll the client connection every ``POLL_S`` seconds (also while tokens flow) and abort
+the engine requests when the client goes away.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def to_api_error(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, UnknownAdapterError):
-        return APIError(404, str(exc), param="model", code="model_not_found")
+        return APIError(404, f"model {exc.name!r} not found (GET /v1/models lists the served "
+                        "models)", param="model", code="model_not_found")
     if isinstance(exc, EngineFailure):
         return APIError(503, str(exc), code="engine_unavailable")
     if isinstance(exc, EngineOverloadedError):
@@ -75,14 +77,18 @@ class Batch:
         ClientGone (after aborting) when the client disconnects, EngineFailure when the
         engine failed."""
         getter = None
+        checked = time.monotonic()
         try:
             while self.pending:
                 if getter is None:
                     getter = asyncio.ensure_future(self.queue.get())
                 done, _ = await asyncio.wait({getter}, timeout=POLL_S)
-                if getter not in done:
+                # check the client every POLL_S, also while outputs keep coming
+                if getter not in done or time.monotonic() - checked >= POLL_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         raise ClientGone()
+                if getter not in done:
                     continue
                 item, getter = getter.result(), None
                 if isinstance(item, EngineFailure):
@@ -109,12 +115,21 @@ async def collect(batch: Batch, request) -> tuple[list[str], list[str], list[int
             ntok[i] += len(out.new_token_ids)
             if out.finished:
                 reasons[i] = out.finish_reason
+                if out.finish_reason == "error":
+                    raise failed_error(out)
     except EngineFailure as e:
         raise APIError(503, str(e), code="engine_failure") from None
     if "abort" in reasons:
         raise APIError(503, "request aborted by the server (its adapter was removed or the "
                        "server is shutting down)", code="aborted")
     return texts, reasons, ntok
+
+
+def failed_error(out) -> APIError:
+    """The error of a request the engine failed alone (non-finite logits, a forward that
+    failed for this request only): 500, its batch mates are not affected."""
+    return APIError(500, f"generation failed: {out.error or 'unknown error'}",
+                    code="generation_failed")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -154,6 +169,9 @@ async def stream_chunks(batch: Batch, request, model: str, chat: bool, include_u
                               "logprobs": None, "finish_reason": None}])
         async for i, out in batch.outputs(request):
             ntok[i] += len(out.new_token_ids)
+            if out.finished and out.finish_reason == "error":
+                yield sse(failed_error(out).body())
+                break
             if out.finished and out.finish_reason == "abort":
                 yield sse(APIError(503, "request aborted by the server (its adapter was "
                                    "removed or the server is shutting down)",

@@ -4,7 +4,10 @@ Supported fields follow OpenAI's completions / chat completions API. Options the
 cannot honour (``n`` > 1, ``best_of`` > 1, ``logprobs``, ``echo``, ``suffix``, non-zero
 penalties, ``logit_bias``, tools) are refused with 400 naming the field rather than silently
 ignored. Extra engine options (as in vLLM): ``top_k``, ``ignore_eos``, ``stop_token_ids``.
-Unknown fields are ignored (clients send many optional ones).
+
+Types are strict (``max_tokens: true`` or ``"5"`` is a 400, not 1 or 5). Unknown fields, at
+any depth, are collected by ``unknown_fields`` and refused with a 400 naming them unless the
+server runs with ``strict_fields=False`` (``--allow-unknown-fields``).
 """
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ from pydantic import BaseModel, ConfigDict
 from .errors import APIError
 
 
+_LENIENT = ConfigDict(extra="allow", strict=True)
+
+
 class StreamOptions(BaseModel):
+    model_config = _LENIENT
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _LENIENT
     model: str
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None
@@ -51,16 +58,17 @@ class CompletionRequest(_Common):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _LENIENT
     type: str
     text: Optional[str] = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _LENIENT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[str, list[ContentPart]]] = None
     name: Optional[str] = None
+    tool_call_id: Optional[str] = None
 
 
 class ChatRequest(_Common):
@@ -73,11 +81,27 @@ class ChatRequest(_Common):
     response_format: Optional[dict] = None
 
 
-class AdapterLoadRequest(BaseModel):
-    """POST /v1/adapters: load the adapter directory ``path`` under ``name``."""
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    path: str
+def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of ``model`` (and of its nested models and lists of
+    models) that the schema does not define, e.g. ``["temprature", "messages.0.foo"]``."""
+    out = [prefix + k for k in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        v = getattr(model, name)
+        items = list(enumerate(v)) if isinstance(v, list) else [(None, v)]
+        for i, item in items:
+            if isinstance(item, BaseModel):
+                sub = f"{prefix}{name}." + (f"{i}." if i is not None else "")
+                out += unknown_fields(item, sub)
+    return out
+
+
+def check_unknown_fields(model: BaseModel) -> None:
+    """400 naming the unknown fields of a request body."""
+    bad = unknown_fields(model)
+    if bad:
+        raise APIError(400, f"unknown field(s): {', '.join(bad)} (the server refuses fields "
+                       "it does not implement; see docs/server.md)", param=bad[0],
+                       code="unknown_field")
 
 
 def _refuse(field: str, why: str) -> APIError:

@@ -8,6 +8,8 @@ import threading
 import time
 
 from .app import create_app
+from .config import ServerConfig
+from .timeouts import protocol_class
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -17,10 +19,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _config(app, host, port, log_level):
+def _config(app, host, port, log_level, config: ServerConfig):
+    """uvicorn's config: h11 with a request-head timeout (``timeouts.py``), the idle
+    keep-alive timeout, no server header."""
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          timeout_graceful_shutdown=5, lifespan="on")
+                          timeout_graceful_shutdown=5, lifespan="on",
+                          http=protocol_class(config.header_timeout_s),
+                          timeout_keep_alive=config.keep_alive_s, server_header=False)
 
 
 def _server_class():
@@ -42,11 +48,12 @@ def _server_class():
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          default_max_tokens: int = 16) -> None:
+          default_max_tokens: int = 16, config: ServerConfig | None = None) -> None:
     """Serve ``engine`` until SIGINT / SIGTERM, which shut it down gracefully (requests in
-    flight are aborted) and return."""
-    app = create_app(engine, default_max_tokens=default_max_tokens)
-    server = _server_class()(_config(app, host, port, log_level))
+    flight are aborted) and return. ``config``: limits and security (:class:`ServerConfig`)."""
+    config = config or ServerConfig()
+    app = create_app(engine, default_max_tokens=default_max_tokens, config=config)
+    server = _server_class()(_config(app, host, port, log_level, config))
     server.run()
     if not server.started:
         raise OSError(f"could not serve on {host}:{port} (see the log above)")
@@ -60,12 +67,16 @@ class ServerThread:
     :class:`ServerState` (and ``.loop``, the :class:`EngineLoop`)."""
 
     def __init__(self, engine, host: str = "127.0.0.1", port: int | None = None,
-                 log_level: str = "warning", default_max_tokens: int = 16):
+                 log_level: str = "warning", default_max_tokens: int = 16,
+                 config: ServerConfig | None = None):
         import uvicorn
         self.host = host
         self.port = port or free_port(host)
-        self.app = create_app(engine, default_max_tokens=default_max_tokens)
-        self.server = uvicorn.Server(_config(self.app, host, self.port, log_level))
+        self.config = config or ServerConfig()
+        self.app = create_app(engine, default_max_tokens=default_max_tokens,
+                              config=self.config)
+        self.server = uvicorn.Server(_config(self.app, host, self.port, log_level,
+                                             self.config))
         self._thread: threading.Thread | None = None
 
     @property

@@ -92,8 +92,7 @@ class AdapterBatch:
     targeting slots, so layers of the same role share one.
     """
 
-    def __init__(self, row_slots: list[int], pool, device):
-        self.pool = pool
+    def __init__(self, row_slots: list[int], device):
         self.device = device
         self.num_rows = len(row_slots)
         # run-length encode the row slots

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ...ops import rotate_segments
 from .batch import AdapterBatch, AttnBatch
+from .slots import PatternStore, SlotTables, SlotValues
 
 
 def linear_out_in(module) -> torch.Tensor:
@@ -31,6 +32,10 @@ class AdaptedLinear:
     split depends only on each row's own adapter (batch invariance). Adapters marked hot
     (``merge_hot``, opt-in) instead use a materialised ``W'_a`` while on the device: one GEMM
     per hot adapter's rows.
+
+    The layer owns its adapter state (``slots``, a :class:`SlotTables`), created by
+    ``create_slots`` and written only through ``set_slot`` / ``reset_slot``; the forward reads
+    nothing else.
     """
 
     def __init__(self, name: str, module):
@@ -38,22 +43,43 @@ class AdaptedLinear:
         self.weight = linear_out_in(module)            # (out, in), a view of the HF weight
         self.bias = module.bias
         self.out_features, self.in_features = self.weight.shape
+        self.slots: SlotTables | None = None
 
+    # ---- adapter slots (called by the adapter manager) --------------------------------------
+    def create_slots(self, A: int, V: torch.Tensor, U: torch.Tensor, l: torch.Tensor,
+                     store: PatternStore) -> None:
+        """Allocate ``A`` empty slots over the layer's basis: V (n, n), U (out, n), l (n,) in
+        the serving dtype and device. Once per layer."""
+        if self.slots is not None:
+            raise RuntimeError(f"{self.name}: slots already created")
+        if tuple(U.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"{self.name}: U has shape {tuple(U.shape)}, expected "
+                             f"{(self.out_features, self.in_features)}")
+        self.slots = SlotTables(A, V, U, l, store)
+
+    def set_slot(self, slot: int, values: SlotValues) -> None:
+        """Put one adapter's values (``SlotValues``: dl, s, pattern, merge) into ``slot``."""
+        self.slots.set_slot(slot, values)
+
+    def reset_slot(self, slot: int) -> None:
+        """Empty ``slot`` (its rows then run as base rows in this layer)."""
+        if self.slots is not None:
+            self.slots.reset_slot(slot)
+
+    # ---- forward ----------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, ab: AdapterBatch | None) -> torch.Tensor:
-        if ab is None or not ab.any_adapted:
+        st = self.slots
+        if ab is None or not ab.any_adapted or st is None:
             return F.linear(x, self.weight, self.bias)
-        lt = ab.pool.layer_tables(self.name)
-        if lt is None:
-            return F.linear(x, self.weight, self.bias)
-        plan = ab.plan(lt.target_slots, lt.merged)
+        plan = ab.plan(st.target_slots, st.merged)
         if plan.num_r == 0 and not plan.hot_runs:
             return F.linear(x, self.weight, self.bias)
         yr = None
         if plan.num_r:
-            rows, cols = lt.pattern(plan.slots)
-            z = x[plan.r_rows] @ lt.V
-            h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, lt.ldl, lt.s, rows, cols)
-            yr = F.linear(h, lt.U, self.bias)
+            dl, s, rows, cols = st.rotation_args(plan.slots)
+            z = x[plan.r_rows] @ st.V
+            h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, dl, s, rows, cols)
+            yr = F.linear(h, st.U, self.bias)
             if plan.num_w == 0 and not plan.hot_runs:
                 return yr
         yw = F.linear(x[plan.w_rows], self.weight, self.bias) if plan.num_w else None
@@ -64,9 +90,28 @@ class AdaptedLinear:
             y.index_copy_(0, plan.w_rows, yw)
         if yr is not None:
             y.index_copy_(0, plan.r_rows, yr)
-        for s, e, a in plan.hot_runs:          # opt-in merged weights of hot adapters
-            y[s:e] = F.linear(x[s:e], lt.merged[a], self.bias)
+        for s0, e0, a in plan.hot_runs:          # opt-in merged weights of hot adapters
+            y[s0:e0] = F.linear(x[s0:e0], st.merged[a], self.bias)
         return y
+
+
+def adapted_layers(model) -> dict[str, AdaptedLinear]:
+    """Every :class:`AdaptedLinear` of a wrapped model (found in its attributes, lists and
+    dicts), by HF module name."""
+    found: dict[str, AdaptedLinear] = {}
+
+    def visit(v):
+        if isinstance(v, AdaptedLinear):
+            found[v.name] = v
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+    for v in vars(model).values():
+        visit(v)
+    return found
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, attn: AttnBatch,
