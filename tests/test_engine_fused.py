@@ -39,6 +39,6 @@ def test_llama_wrapper_holds_one_weight_copy():
     assert sum(p.numel() for p in model.parameters()) == n_bytes
     layer = model.model.layers[0]
     at, mlp = layer.self_attn, layer.mlp
-    assert shares_storage(lm.layers[0]["qkv"], [at.q_proj, at.k_proj, at.v_proj])
-    assert shares_storage(lm.layers[0]["gate_up"], [mlp.gate_proj, mlp.up_proj])
-    assert lm.layers[0]["q_proj"].weight.data_ptr() == lm.layers[0]["qkv"].weight.data_ptr()
+    assert shares_storage(lm.layers[0]["qkv"].fused, [at.q_proj, at.k_proj, at.v_proj])
+    assert shares_storage(lm.layers[0]["gate_up"].fused, [mlp.gate_proj, mlp.up_proj])
+    assert lm.layers[0]["q_proj"].weight.data_ptr() == lm.layers[0]["qkv"].fused.weight.data_ptr()

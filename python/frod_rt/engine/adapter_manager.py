@@ -141,8 +141,17 @@ class AdapterManager:
         names (cached on disk per category, so categories already served are unchanged)."""
         import math
 
+        from ..method.adapter_io import AdapterError
+        from ..method.categories import decomposition_category_mode
         from ..method.decompose import decompose
         d = self.decomposition
+        mode = decomposition_category_mode(file.config.categories)
+        if d is not None:
+            have = decomposition_category_mode(d.categories)
+            if have != mode:
+                raise AdapterError(f"its categories are {mode!r} but this engine serves "
+                                   f"{have!r} adapters (one category mode per engine: a layer "
+                                   "has one basis)")
         if d is not None and (all(n in d.layers for n in file.layers)
                               or not math.isclose(d.alpha, file.config.alpha, rel_tol=1e-12)):
             return d                      # covered, or check_against reports the alpha clash
@@ -150,7 +159,7 @@ class AdapterManager:
         for c in file.config.categories.values():
             names.update(c["layers"])
         return decompose(self.model, sorted(names), alpha=file.config.alpha,
-                         cache_dir=self.cache_dir, progress=self.progress)
+                         cache_dir=self.cache_dir, progress=self.progress, category_mode=mode)
 
     def _read(self, name: str, path: Path):
         """Read and validate ``path``; returns (file, decomposition, layer -> LayerPattern)

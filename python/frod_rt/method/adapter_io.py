@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .categories import category_key, is_supported, linear_weight
+from .categories import (category_accepts, category_key, is_supported, layer_out_in_category,
+                         linear_weight)
 
 FORMAT_NAME = "frod_rt.adapter"
 FORMAT_VERSION = 1
@@ -110,7 +111,7 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
         for name in layers:
             if name in seen:
                 _fail(path, f"layer {name!r} is listed twice")
-            if category_key(name, c["out"], n) != key:
+            if not category_accepts(key, name, c["out"], n):
                 _fail(path, f"layer {name!r} cannot belong to category {key!r} (its category "
                             f"would be {category_key(name, c['out'], n)!r})")
             seen.add(name)
@@ -227,10 +228,11 @@ def check_modules(config: AdapterConfig, model, where: str = "adapter") -> None:
                 raise AdapterError(f"{where}: layer {name!r} is a {type(m).__name__}; FRoD "
                                    "adapts nn.Linear and Conv1D layers only")
             shape = tuple(linear_weight(m).shape)
-            if shape != (c["out"], c["in"]):
+            want = (layer_out_in_category(key, name, c["out"]), c["in"])
+            if shape != want:
                 raise AdapterError(f"{where}: layer {name!r} has shape {shape[0]}x{shape[1]} in "
                                    f"the base, the adapter's category {key!r} says "
-                                   f"{c['out']}x{c['in']}")
+                                   f"{want[0]}x{want[1]}")
 
 
 def write_adapter(path, adapter: AdapterFile) -> None:

@@ -174,3 +174,38 @@ def decomposition_category_mode(category_keys) -> str:
     """"shared_input" when any of ``category_keys`` (a decomposition's or an adapter file's
     categories) is a shared-input category, else "per_role"."""
     return "shared_input" if any(is_shared_input_key(k) for k in category_keys) else "per_role"
+
+
+def category_accepts(key: str, layer_name: str, out_features: int, in_features: int) -> bool:
+    """Whether layer ``layer_name`` can belong to category ``key`` of (out, in) ``out_features``
+    x ``in_features`` (the category's fields in an adapter file): per-role keys must equal
+    :func:`category_key`; a shared-input key must have the layer's parent path (index as ``*``),
+    its role among the braced roles, and ``in_features`` and the summed out of its key."""
+    if not is_shared_input_key(key):
+        return category_key(layer_name, out_features, in_features) == key
+    head, _, shape = key.rpartition(":")
+    stem, _, roles = head.rpartition("{")
+    parent, _, role = layer_name.rpartition(".")
+    want_stem = _INDEX.sub("*", parent) + "." if parent else ""
+    outs, _, n = shape.rpartition("x")
+    try:
+        total = sum(int(o) for o in outs.split("+"))
+    except ValueError:
+        return False
+    return (stem == want_stem and role in roles.rstrip("}").split(",")
+            and n == str(int(in_features)) and total == int(out_features))
+
+
+def layer_out_in_category(key: str, layer_name: str, out_features: int) -> int:
+    """The out_features a layer of category ``key`` has: the category's own for a per-role
+    key, the one of the layer's role (``o_k`` of ``{q_proj,k_proj,v_proj}:o_q+o_k+o_vxin``) for a
+    shared-input key (``out_features``, the summed out, when the role is not in the key)."""
+    if not is_shared_input_key(key):
+        return int(out_features)
+    head, _, shape = key.rpartition(":")
+    roles = head.rpartition("{")[2].rstrip("}").split(",")
+    outs = shape.rpartition("x")[0].split("+")
+    role = layer_name.rpartition(".")[2]
+    if role in roles and len(outs) == len(roles):
+        return int(outs[roles.index(role)])
+    return int(out_features)

@@ -6,6 +6,7 @@ import torch
 
 from .batch import AdapterBatch, AttnBatch
 from .fused import fuse_linears
+from .grouped import LinearGroup
 from .layers import AdaptedLinear, attention
 
 
@@ -33,11 +34,12 @@ class BertEncoder:
         for layer in bert.encoder.layer:
             at = layer.attention
             qkv = fuse_linears([at.self.query, at.self.key, at.self.value])   # views of one weight
-            self.layers.append({"qkv": qkv,
-                "q": lin(at.self.query), "k": lin(at.self.key), "v": lin(at.self.value),
-                "ao": lin(at.output.dense), "ln1": at.output.LayerNorm,
-                "inter": lin(layer.intermediate.dense), "out": lin(layer.output.dense),
-                "ln2": layer.output.LayerNorm})
+            L = {"q": lin(at.self.query), "k": lin(at.self.key), "v": lin(at.self.value),
+                 "ao": lin(at.output.dense), "ln1": at.output.LayerNorm,
+                 "inter": lin(layer.intermediate.dense), "out": lin(layer.output.dense),
+                 "ln2": layer.output.LayerNorm}
+            L["qkv"] = LinearGroup([L["q"], L["k"], L["v"]], qkv)
+            self.layers.append(L)
         pooler = getattr(bert, "pooler", None)
         self.pooler = lin(pooler.dense) if pooler is not None else None
         cls = getattr(hf, "classifier", None)
@@ -56,12 +58,8 @@ class BertEncoder:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.emb_ln(self.word(input_ids) + self.pos(positions) + self.tok_type(token_type_ids))
         H, D = self.num_heads, self.head_dim
-        fused = ab is None or not ab.any_adapted
         for i, L in enumerate(self.layers):
-            if fused:                  # no adapted rows: query, key, value as one GEMM
-                q, k, v = L["qkv"](x)
-            else:
-                q, k, v = L["q"](x, ab), L["k"](x, ab), L["v"](x, ab)
+            q, k, v = L["qkv"](x, ab)          # LinearGroup: one fused GEMM for base rows
             q, k, v = q.view(T, H, D), k.view(T, H, D), v.view(T, H, D)
             o = attention(q, k, v, i, attn, self.scale)
             x = L["ln1"](L["ao"](o, ab) + x)

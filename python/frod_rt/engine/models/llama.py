@@ -6,6 +6,7 @@ import torch
 
 from .batch import AdapterBatch, AttnBatch
 from .fused import fuse_linears
+from .grouped import LinearGroup
 from .layers import AdaptedLinear, attention
 
 _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -43,7 +44,8 @@ class LlamaModel:
             d = {p: AdaptedLinear(names[id(getattr(at, p))], getattr(at, p)) for p in _PROJ}
             d.update({p: AdaptedLinear(names[id(getattr(mlp, p))], getattr(mlp, p)) for p in _MLP})
             d["ln1"], d["ln2"] = layer.input_layernorm, layer.post_attention_layernorm
-            d["qkv"], d["gate_up"] = qkv, gate_up
+            d["qkv"] = LinearGroup([d["q_proj"], d["k_proj"], d["v_proj"]], qkv)
+            d["gate_up"] = LinearGroup([d["gate_proj"], d["up_proj"]], gate_up)
             self.layers.append(d)
 
     @property
@@ -54,30 +56,24 @@ class LlamaModel:
                 ab: AdapterBatch | None, logit_rows: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab).
 
-        Batches without adapted rows run q,k,v and gate,up as one GEMM each (fused weights).
+        q,k,v and gate,up run as groups (:class:`LinearGroup`): one fused GEMM for base rows,
+        one ``X V`` per distinct basis for adapted rows.
         """
         T = input_ids.shape[0]
         x = self.embed(input_ids)
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]              # (T, 1, D)
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        fused = ab is None or not ab.any_adapted
         for i, L in enumerate(self.layers):
             h = L["ln1"](x)
-            if fused:
-                q, k, v = L["qkv"](h)
-            else:
-                q, k, v = L["q_proj"](h, ab), L["k_proj"](h, ab), L["v_proj"](h, ab)
+            q, k, v = L["qkv"](h, ab)
             q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             o = attention(q, k, v, i, attn, self.scale)
             x = x + L["o_proj"](o, ab)
             h = L["ln2"](x)
-            if fused:
-                g, u = L["gate_up"](h)
-            else:
-                g, u = L["gate_proj"](h, ab), L["up_proj"](h, ab)
+            g, u = L["gate_up"](h, ab)
             g = self.act(g) * u
             x = x + L["down_proj"](g, ab)
         x = self.norm(x[logit_rows])
