@@ -233,3 +233,11 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
     assert rc == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
     assert "Traceback" not in err
     assert "frod-rt serve: stopped" in proc.stdout.read()
+
+
+def test_train_defaults_are_the_papers_for_causal_lms():
+    """``frod-rt train`` (causal LMs only) defaults to the paper's LLaMA settings: LR 1e-5 for
+    s, 1e-4 for dl, sparse rate 0.02."""
+    from frod_rt.cli import build_parser
+    args = build_parser().parse_args(["train", "base", "--data", "d.jsonl", "--out", "o"])
+    assert (args.lr_s, args.lr_dl, args.sparse_rate) == (1e-5, 1e-4, 0.02)

@@ -86,10 +86,10 @@ def test_forward_failure_is_isolated_to_its_request(toy):
              for p, a in zip(PROMPTS, ["a0", None, "a2", "a3"])]
     real_run = eng.runner.run
 
-    def run(batch, pool):
+    def run(batch):
         if any(s.adapter == "a2" for s in batch.seqs):
             raise RuntimeError("simulated kernel failure")
-        return real_run(batch, pool)
+        return real_run(batch)
 
     eng.runner.run = run
     res = eng.generate(PROMPTS, adapters=["a0", None, "a2", "a3"], max_tokens=5,

@@ -225,3 +225,115 @@ def test_bad_inputs(tmp_path, monkeypatch):
             p.normal_(0, 0.05)
     with pytest.raises(AdapterError, match="another base"):
         import_peft(tmp_path / "a", other)
+
+
+def _bert_cls():
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(2)
+    cfg = BertConfig(hidden_size=40, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=72, vocab_size=97, max_position_embeddings=32,
+                     num_labels=5)
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("source", ["dir", "live"])
+def test_import_carries_modules_to_save_head(source, ids, tmp_path, monkeypatch):
+    """PEFT's ``modules_to_save`` classifier comes over as the adapter's head: frod_rt's
+    logits equal PEFT's, and the head survives save/load of the frod_rt adapter."""
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert_cls()
+    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(
+        target_modules=["query", "value"], sparse_rate=0.05, progressbar=False,
+        modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for mod in pm.modules():
+            if hasattr(mod, "frod_lambda_s_values") and "default" in mod.frod_lambda_s_values:
+                mod.frod_lambda_s_values["default"].normal_(0, 0.05)
+        head = pm.base_model.model.classifier.modules_to_save["default"]
+        head.weight.add_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(1)))
+    pm.eval()
+    with torch.no_grad():
+        ref = pm(input_ids=ids).logits
+        assert (ref - base(input_ids=ids).logits).abs().max() > 0.1
+    if source == "dir":
+        pm.save_pretrained(tmp_path / "peft_adapter")
+        res = import_peft(tmp_path / "peft_adapter", base, basis="file")
+    else:
+        res = import_peft(pm, basis="file")
+    assert set(res.adapter.modules) == {"classifier"} and not res.ignored_keys
+    fm = _frod_with(base, res)
+    with torch.no_grad():
+        torch.testing.assert_close(fm(input_ids=ids).logits, ref, rtol=1e-4, atol=2e-5)
+    fm.save_adapter(tmp_path / "frod", "imp")
+    fm2 = get_frod_model(copy.deepcopy(base), FrodConfig(target_modules=["query", "value"],
+                                                         progress=False),
+                         adapter_name="zero", decomposition=res.decomposition)
+    fm2.load_adapter(tmp_path / "frod")
+    fm2.set_adapter("imp")
+    with torch.no_grad():
+        torch.testing.assert_close(fm2(input_ids=ids).logits, ref, rtol=1e-4, atol=2e-5)
+    # and back to PEFT: export writes the head in PEFT's form, PEFT loads it
+    export_peft(fm2.adapter_file("imp"), base, tmp_path / "back", res.decomposition)
+    pm2 = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pm2(input_ids=ids).logits, ref, rtol=1e-4, atol=2e-5)
+
+
+def test_floor_k_matches_peft_parameter_count(tmp_path, monkeypatch):
+    """``FrodConfig(k_rounding="floor")`` gives PEFT's k (floor(in*in*rate)); frod_rt's
+    default rounds (more values where the fraction is >= 0.5)."""
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    rate = 0.0237                                   # 40*40*rate = 37.92, 72*72*rate = 122.86
+    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(
+        target_modules=BERT_TARGETS, sparse_rate=rate, progressbar=False))
+    n_peft = sum(p.numel() for p in pm.parameters() if p.requires_grad)
+    counts = {}
+    for rounding in ("floor", "round"):
+        fm = get_frod_model(copy.deepcopy(base), FrodConfig(
+            BERT_TARGETS, sparse_rate=rate, k_rounding=rounding, progress=False))
+        counts[rounding] = sum(p.numel() for p in fm.parameters() if p.requires_grad)
+    assert counts["floor"] == n_peft
+    assert counts["round"] > n_peft
+
+
+def test_out_lt_in_category_exports_when_trained_on_peft_basis(ids, tmp_path, monkeypatch):
+    """The documented answer for out < in categories (Llama down_proj, 32x88, two layers: the
+    SVD branch, whose zero-l directions PEFT chooses differently): a native adapter is refused
+    (or inexact), while an adapter trained on PEFT's basis -- start from PEFT's untrained
+    adapter imported with basis="file" -- exports exactly."""
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _llama()
+    targets = ["down_proj"]
+
+    def perturb(fm, name):
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for m in fm.frod_layers().values():
+                if name in m.frod_dl:
+                    m.frod_dl[name].normal_(0, 0.05, generator=g)
+                    m.frod_s[name].normal_(0, 0.05, generator=g)
+
+    native = get_frod_model(copy.deepcopy(base), FrodConfig(targets, sparse_rate=0.05,
+                                                            k_rounding="floor", progress=False))
+    perturb(native, "default")
+    with pytest.raises(AdapterError):
+        export_peft(native.adapter_file("default"), base, tmp_path / "native",
+                    native.decomposition)
+    # the answer: PEFT's basis (an untrained PEFT adapter imported with basis="file")
+    pm0 = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=targets,
+                                                             sparse_rate=0.05, progressbar=False))
+    pm0.save_pretrained(tmp_path / "peft0")
+    res = import_peft(tmp_path / "peft0", base, basis="file")
+    fm = get_frod_model(copy.deepcopy(base), FrodConfig(targets, progress=False),
+                        adapter_name="zero", decomposition=res.decomposition)
+    fm.add_adapter_from_file(res.adapter, "task")
+    perturb(fm, "task")                                  # stands in for training "task"
+    fm.set_adapter("task")
+    fm.eval()
+    err = export_peft(fm.adapter_file("task"), base, tmp_path / "exp", res.decomposition)
+    pm = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "exp").eval()
+    ours, theirs = _hidden(fm, ids), _hidden(pm, ids)
+    assert float((ours - _hidden(base, ids)).abs().max()) > 1e-2
+    assert err < 1e-5
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=2e-5)

@@ -14,11 +14,13 @@ from .contenders import CONTENDERS, batches
 
 SETTINGS = {
     "full": dict(model="full", rows_per_adapter=4, seq_len=64, steps=8, sparse_rate=0.01,
-                 adapters=[1, 4, 16, 32, 64, 128], max_adapters={"peft_seq": 64}),
+                 adapters=[1, 4, 16, 32, 64, 128], max_adapters={"peft_seq": 64},
+                 minilm=dict(steps=20, batch=16, seq_len=32)),
     "quick": dict(model="quick", rows_per_adapter=2, seq_len=32, steps=6, sparse_rate=0.01,
-                  adapters=[1, 4, 16, 32], max_adapters={"peft_seq": 32}),
+                  adapters=[1, 4, 16, 32], max_adapters={"peft_seq": 32},
+                  minilm=dict(steps=8, batch=16, seq_len=32)),
     "tiny": dict(model="tiny", rows_per_adapter=2, seq_len=8, steps=3, sparse_rate=0.05,
-                 adapters=[2], max_adapters={"peft_seq": 2}),
+                 adapters=[2], max_adapters={"peft_seq": 2}, minilm=None),
 }
 
 
@@ -51,12 +53,29 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
                         if mem["peak_bytes"] and mem["start_bytes"] else None,
                         model_mb=out["model_bytes"] / 2**20, loss_first=out["loss_first"],
                         loss_last=out["loss_last"])
+    _minilm_vs_lora(results, st["minilm"], device)
     _headline(results, st)
     stem = results.stem()
     sweep_plot(results, "adapters", "adapters", out_dir / f"{stem}-adapter_steps_per_s.png",
                ylabel="adapter-steps/s (median, q1..q3)", logy=True)
     sweep_plot(results, "adapters", "adapters", out_dir / f"{stem}-model_mb.png", y="model_mb",
                ylabel="model parameters + buffers (MiB)", logy=True)
+
+
+def _minilm_vs_lora(results, mst: dict | None, device: str) -> None:
+    """The ``minilm_lora`` sweep: FRoD vs LoRA step time on the real MiniLM (see minilm.py)."""
+    from . import minilm
+    params = dict(mst or {}, targets="attention + MLP", frod_rate=0.01, lora_r=5)
+    why = ("the tiny harness check skips it" if mst is None else
+           "CPU only" if device != "cpu" else minilm.available())
+    if why:
+        results.skip("minilm_lora", "frod_over_lora", params, why)
+        return
+    out = minilm.run_pair(mst["steps"], mst["batch"], mst["seq_len"])
+    results.add("minilm_lora", "frod_over_lora", params, summarize(out["ratio"]),
+                metric="step_time_ratio", unit="FRoD s / LoRA s",
+                frod_step_s=out["frod_s"], lora_step_s=out["lora_s"],
+                frod_params=out["frod_params"], lora_params=out["lora_params"])
 
 
 def _headline(results, st: dict) -> None:
@@ -71,4 +90,7 @@ def _headline(results, st: dict) -> None:
             if a.get("peak_growth_mb") is not None and b.get("peak_growth_mb") is not None:
                 h[f"peak_growth_mb_frod_vs_peft_{N}_adapters"] = [round(a["peak_growth_mb"], 1),
                                                                    round(b["peak_growth_mb"], 1)]
+    m = results.find("minilm_lora", "frod_over_lora")
+    if m and "median" in m:
+        h["minilm_frod_over_lora_step_time"] = round(m["median"], 3)
     results.doc["headline"] = h

@@ -17,6 +17,8 @@ from pathlib import Path
 from .common import CLIError, existing_dir, load_hf_model, load_tokenizer, torch_dtype
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
+# the paper's settings for LLaMA-size causal LMs with targets q,k,v,o,gate,up (DESIGN.md 1.2)
+DEFAULT_LR_S, DEFAULT_LR_DL, DEFAULT_SPARSE_RATE = 1e-5, 1e-4, 0.02
 
 
 def add_parser(sub) -> None:
@@ -32,13 +34,15 @@ def add_parser(sub) -> None:
                    help=f"target module suffixes (default: {' '.join(DEFAULT_TARGETS)})")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     p.add_argument("--batch-size", type=int, default=4, help="examples per step (default 4)")
-    p.add_argument("--lr-s", type=float, default=5e-5,
-                   help="learning rate of the sparse values s (default 5e-5)")
-    p.add_argument("--lr-dl", type=float, default=5e-4,
-                   help="learning rate of the scaling deltas dl (default 5e-4)")
+    p.add_argument("--lr-s", type=float, default=DEFAULT_LR_S,
+                   help=f"learning rate of the sparse values s (default {DEFAULT_LR_S:g}, the "
+                        "paper's for causal LMs)")
+    p.add_argument("--lr-dl", type=float, default=DEFAULT_LR_DL,
+                   help=f"learning rate of the scaling deltas dl (default {DEFAULT_LR_DL:g})")
     p.add_argument("--weight-decay", type=float, default=0.0, help="on dl and s (default 0)")
-    p.add_argument("--sparse-rate", type=float, default=0.01,
-                   help="fraction of off-diagonal entries of S per layer (default 0.01)")
+    p.add_argument("--sparse-rate", type=float, default=DEFAULT_SPARSE_RATE,
+                   help="fraction of off-diagonal entries of S per layer (default "
+                        f"{DEFAULT_SPARSE_RATE:g}, the paper's for causal LMs)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per example at most")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     p.add_argument("--dtype", default=None, help="training dtype (default: the model's)")

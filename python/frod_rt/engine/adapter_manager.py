@@ -106,6 +106,7 @@ class AdapterManager:
         self.host_evictions_total = 0
         self.loads_total = 0             # host -> device copies
         self.disk_reads_total = 0
+        self.heads: dict = {}      # name -> models.layers.AdapterHead (set by the engine)
 
     # ---- registry --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -166,6 +167,7 @@ class AdapterManager:
         (patterns resolved here, off the scheduling path: imported ones are hashed)."""
         from ..method.adapter_io import AdapterError, check_against, read_adapter
         f = read_adapter(path, name=name)
+        self._check_heads(f)
         d = self._decomposition_for(f)     # outside the lock: may decompose (slow, cached)
         check_against(f, d)
         missing = [n for n in f.layers if n not in self.layers]
@@ -175,6 +177,21 @@ class AdapterManager:
         patterns = {n: delta_pattern(delta, d, d.layers[n].category, f.config.seed)
                     for n, delta in f.layers.items()}
         return f, d, patterns
+
+    def _check_heads(self, f) -> None:
+        """An adapter's ``modules_to_save`` must be heads this model serves, same shapes."""
+        from ..method.adapter_io import AdapterError
+        for mname, sd in f.modules.items():
+            if mname not in self.heads:
+                raise AdapterError(f"adapter {f.name!r}: carries module {mname!r}; this engine "
+                                   f"serves trained heads {sorted(self.heads)} only")
+            own = self.heads[mname].expected()
+            got = {k: tuple(t.shape) for k, t in sd.items()}
+            if own != got:
+                raise AdapterError(f"adapter {f.name!r}: head {mname!r} has tensors {got}, the "
+                                   f"model's are {own}")
+
+
 
     def add(self, name: str, path) -> None:
         """Register adapter ``name`` from directory ``path`` (read + validated now)."""
@@ -345,6 +362,8 @@ class AdapterManager:
         self.device_lru.pop(a, None)
         e.slot = -1
         self.slot_entry[a] = None
+        for head in self.heads.values():
+            head.reset_slot(a)
 
     def _layer(self, name: str):
         """The adapted layer ``name``, its slots created over the decomposition's basis."""
@@ -366,6 +385,11 @@ class AdapterManager:
             delta = e.file.layers[name]
             self._layer(name).set_slot(a, SlotValues(delta.dl, delta.s, e.patterns[name],
                                                      merge=e.name in self.hot))
+        for hname, head in self.heads.items():       # modules_to_save copies
+            if hname in e.file.modules:
+                head.set_slot(a, e.file.modules[hname])
+            else:
+                head.reset_slot(a)
         self.loads_total += 1
 
     def ensure_host(self, e: AdapterInstance, timeout: float | None = None) -> None:

@@ -107,6 +107,7 @@ class Engine:
                                    host_capacity=int(lim["host_adapter_capacity"]),
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
                                    merge_hot=lim["merge_hot"])
+        self.pool.heads = dict(getattr(self.model, "heads", {}))
         self._lock = threading.Lock()            # guards the incoming / abort queues
         self._model_lock = threading.RLock()     # one forward at a time
         self._incoming: deque[Sequence] = deque()

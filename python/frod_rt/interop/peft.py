@@ -55,8 +55,9 @@ _PROJ = ("base_model.frod_V.", "base_model.frod_s_indices.", "base_model.frod_s_
 class PeftImport:
     """Result of :func:`import_peft`: the adapter, the decomposition it is expressed in
     (frod_rt's own, or the PEFT-basis one), which basis was used, the largest measured
-    relative error of any layer's update, and state-dict keys that are not FRoD values
-    (e.g. ``modules_to_save`` heads), which frod_rt does not carry."""
+    relative error of any layer's update, and state-dict keys that are neither FRoD values
+    nor ``modules_to_save`` heads (those go to ``adapter.modules``), which frod_rt does not
+    carry."""
     adapter: AdapterFile
     decomposition: Decomposition
     basis: str
@@ -279,8 +280,10 @@ def import_peft(source, base_model: nn.Module | None = None,
         path = Path(source)
         cfg, sd = read_peft_frod_dir(path, 'PEFT')
         layers, ignored, from_file = _from_state_dict(cfg, sd, base_model, str(path))
+        heads, ignored = _saved_heads(ignored, sd, base_model, str(path))
         name = name or path.name
     elif hasattr(source, "peft_config"):
+        heads = _live_heads(source, adapter_name)
         cfg, layers, base_model = _from_peft_model(source, adapter_name)
         ignored, from_file, name = [], True, name or adapter_name
     else:
@@ -301,7 +304,58 @@ def import_peft(source, base_model: nn.Module | None = None,
         layers, base_model, basis=basis, decomposition=decomposition, alpha=alpha,
         cache_dir=cache_dir, name=name, sparse_rate=rate, extra=extra, tol=tol, dtype=dtype,
         tag="peft")
+    adapter.modules = heads
     return PeftImport(adapter, dec, used, worst, ignored)
+
+
+def _saved_heads(keys: list[str], sd: dict, base_model: nn.Module, where: str
+                 ) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """PEFT stores a ``modules_to_save`` module as ``base_model.model.<module>.<key>`` (the
+    wrapper's ``modules_to_save.<adapter>.`` dropped). Group such keys by the base module
+    they belong to; a module whose state-dict keys and shapes the file reproduces exactly
+    becomes an adapter head. Returns (heads, keys left over)."""
+    modules = dict(base_model.named_modules())
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    left = []
+    for k in keys:
+        rel = k[len(_PREFIX):] if k.startswith(_PREFIX) else None
+        owner = None
+        if rel is not None:
+            parts = rel.split(".")
+            for i in range(len(parts) - 1, 0, -1):      # the deepest module owning the key
+                cand = ".".join(parts[:i])
+                if cand in modules and ".".join(parts[i:]) in modules[cand].state_dict():
+                    owner = cand
+                    break
+        if owner is None:
+            left.append(k)
+        else:
+            groups.setdefault(owner, {})[rel[len(owner) + 1:]] = sd[k]
+    heads = {}
+    for mname, got in groups.items():     # a module's tensors count as a head only when whole
+        own = modules[mname].state_dict()
+        top = [o for o in groups if mname.startswith(o + ".")]
+        if top:
+            continue
+        if set(got) == set(own) and all(tuple(got[k].shape) == tuple(own[k].shape)
+                                        for k in own):
+            heads[mname] = {k: t.detach().to(own[k].dtype).clone() for k, t in got.items()}
+        else:
+            left.extend(f"{_PREFIX}{mname}.{k}" for k in got)
+    return heads, left
+
+
+def _live_heads(model, adapter_name: str) -> dict[str, dict[str, torch.Tensor]]:
+    """``modules_to_save`` copies of a live PeftModel (ModulesToSaveWrapper)."""
+    heads = {}
+    for full, mod in model.named_modules():
+        copies = getattr(mod, "modules_to_save", None)
+        if isinstance(copies, nn.ModuleDict) and adapter_name in copies \
+                and hasattr(mod, "original_module"):
+            name = full[len(_PREFIX):] if full.startswith(_PREFIX) else full
+            heads[name] = {k: t.detach().clone()
+                           for k, t in copies[adapter_name].state_dict().items()}
+    return heads
 
 
 # ----------------------------------------------------------------- writing PEFT adapters
@@ -414,11 +468,15 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
         tensors[f"{_PROJ[0]}{pcat}"] = V_p.contiguous()
         tensors[f"{_PROJ[1]}{pcat}"] = idx.contiguous()
         tensors[f"{_PROJ[2]}{pcat}"] = torch.tensor([n, n], dtype=torch.long)
+    for mname, sd in adapter.modules.items():       # modules_to_save heads, PEFT's key form
+        for k, t in sd.items():
+            tensors[f"{_PREFIX}{mname}.{k}"] = t.detach().contiguous()
     rate = _common_rate(ks)
     from peft import FrodConfig  # export targets PEFT, so PEFT writes its own config
     pcfg = FrodConfig(target_modules=names, sparse_rate=rate,
                       regularization_alpha=decomposition.alpha, projection_prng_key=0,
-                      save_projection=True, fan_in_fan_out=conv.pop(), progressbar=False)
+                      save_projection=True, fan_in_fan_out=conv.pop(), progressbar=False,
+                      modules_to_save=sorted(adapter.modules) or None)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     pcfg.save_pretrained(str(path))

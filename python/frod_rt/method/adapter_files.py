@@ -6,6 +6,7 @@ from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFil
 from .categories import decomposition_category_mode
 from .config import FrodConfig, check_adapter_name
 from .patterns import delta_pattern
+from . import saved_modules as _saved
 
 
 def export_adapter(fm, name: str) -> AdapterFile:
@@ -36,7 +37,27 @@ def export_adapter(fm, name: str) -> AdapterFile:
     config = AdapterConfig(FORMAT_VERSION, fm.fingerprint,
                            [cfg.target_modules] if regex else list(cfg.target_modules),
                            cfg.sparse_rate, cfg.seed, cfg.alpha, cats, extra)
-    return AdapterFile(name, config, layers)
+    modules = {m: {k: t.detach().cpu().clone() for k, t in c.state_dict().items()}
+               for m, c in _saved.copies_of(fm, name).items()}
+    return AdapterFile(name, config, layers, modules)
+
+
+def _check_modules(fm, adapter: AdapterFile, name: str) -> None:
+    """Every saved module exists in the model with the same state-dict keys and shapes."""
+    for mname, sd in adapter.modules.items():
+        try:
+            base = fm.model.get_submodule(mname)
+        except AttributeError:
+            raise AdapterError(f"adapter {name!r}: modules_to_save module {mname!r} does not "
+                               "exist in this model") from None
+        own = base.state_dict()
+        if set(own) != set(sd):
+            raise AdapterError(f"adapter {name!r}: module {mname!r} has keys {sorted(own)}, the "
+                               f"file has {sorted(sd)}")
+        for k, t in sd.items():
+            if tuple(own[k].shape) != tuple(t.shape):
+                raise AdapterError(f"adapter {name!r}: {mname}.{k} has shape {tuple(t.shape)}, "
+                                   f"the model's is {tuple(own[k].shape)}")
 
 
 def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
@@ -52,6 +73,7 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
                          "another name")
     decomposition = fm.decomposition
     check_against(adapter, decomposition)
+    _check_modules(fm, adapter, name)
     cfg = adapter.config
     layers = fm.frod_layers()
     covered = {n for c in cfg.categories.values() for n in c["layers"]}
@@ -74,7 +96,8 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
                             param_dtype=next(iter(adapter.layers.values())).dl.dtype,
                             category_mode=decomposition_category_mode(cfg.categories),
                             extra={k: v for k, v in cfg.extra.items()
-                                   if k != "target_modules_is_regex"})
+                                   if k != "target_modules_is_regex"},
+                            modules_to_save=sorted(adapter.modules) or None)
     except (TypeError, ValueError) as e:
         raise AdapterError(f"adapter {name!r}: bad config ({e})") from None
     added = []
@@ -84,8 +107,11 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
                 ("shared", fm.state.shared_pattern(pattern))
             m.add_adapter(name, d.dl.detach().clone(), d.s.detach().clone(), ref)
             added.append(m)
+        for mname, sd in adapter.modules.items():
+            _saved.add_copy(fm, mname, name, sd)
     except Exception:
         for m in added:
             m.delete_adapter(name)
+        _saved.remove_copies(fm, name)
         raise
     fm.adapter_configs[name] = config

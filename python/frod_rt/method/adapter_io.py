@@ -5,7 +5,9 @@ The JSON holds the :class:`AdapterConfig` (``format`` = "frod_rt.adapter", ``for
 ``categories`` = key -> {"out", "in", "k", "layers", "fingerprint"}, ``extra``). The
 safetensors file holds ``<layer>.dl`` (in,) and ``<layer>.s`` (k,) for every listed layer,
 plus ``<layer>.rows`` / ``<layer>.cols`` (k,) int32 when that layer's pattern is not the
-default ``sparse_pattern`` (imported adapters).
+default ``sparse_pattern`` (imported adapters). Optional ``modules_to_save`` (JSON: module
+name -> {state-dict key: shape}) lists whole trained modules (heads), stored as tensors
+``modules_to_save.<module>.<key>``.
 
 Every problem with a file raises :class:`AdapterError` naming the file and the problem;
 ``read_adapter`` validates everything that can be checked without the base model and
@@ -65,6 +67,47 @@ class AdapterFile:
     name: str
     config: AdapterConfig
     layers: dict[str, LayerDelta]
+    # module name -> its state dict (heads trained with the adapter, ``modules_to_save``)
+    modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+MODULE_PREFIX = "modules_to_save."
+
+
+def _parse_modules(path, raw) -> dict[str, dict[str, tuple]]:
+    mods = raw.get("modules_to_save", {})
+    if not isinstance(mods, dict):
+        _fail(path, "'modules_to_save' must be an object (module name -> {key: shape})")
+    out = {}
+    for mname, keys in mods.items():
+        if not mname or not isinstance(keys, dict) or not keys:
+            _fail(path, f"modules_to_save {mname!r}: expected a non-empty {{key: shape}} object")
+        out[mname] = {}
+        for key, shape in keys.items():
+            if not key or not isinstance(shape, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                _fail(path, f"modules_to_save {mname!r}: key {key!r} needs a shape list of "
+                            "non-negative integers")
+            out[mname][key] = tuple(shape)
+    return out
+
+
+def _check_modules(path, spec: dict, tensors: dict) -> tuple[dict, set]:
+    modules, expected = {}, set()
+    for mname, keys in spec.items():
+        modules[mname] = {}
+        for key, shape in keys.items():
+            tname = f"{MODULE_PREFIX}{mname}.{key}"
+            t = tensors.get(tname)
+            if t is None:
+                _fail(path, f"tensor {tname!r} is missing")
+            if tuple(t.shape) != shape:
+                _fail(path, f"tensor {tname!r} has shape {tuple(t.shape)}, expected {shape}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                _fail(path, f"tensor {tname!r} holds NaN or inf values")
+            modules[mname][key] = t
+            expected.add(tname)
+    return modules, expected
 
 
 def _fail(path, msg: str):
@@ -131,10 +174,11 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
         int(raw["seed"]), float(raw["alpha"]), cats, dict(extra))
 
 
-def _check_tensors(path, config: AdapterConfig, tensors: dict[str, torch.Tensor]
-                   ) -> dict[str, LayerDelta]:
+def _check_tensors(path, config: AdapterConfig, tensors: dict[str, torch.Tensor],
+                   modules_spec: dict | None = None
+                   ) -> tuple[dict[str, LayerDelta], dict[str, dict[str, torch.Tensor]]]:
     layers: dict[str, LayerDelta] = {}
-    expected = set()
+    modules, expected = _check_modules(path, modules_spec or {}, tensors)
     for key, c in config.categories.items():
         n, k = c["in"], c["k"]
         for name in c["layers"]:
@@ -171,7 +215,7 @@ def _check_tensors(path, config: AdapterConfig, tensors: dict[str, torch.Tensor]
     if unknown:
         _fail(path, f"tensors not described by the config: {unknown[:5]}"
                     + (" ..." if len(unknown) > 5 else ""))
-    return layers
+    return layers, modules
 
 
 def read_adapter(path, name: str | None = None) -> AdapterFile:
@@ -197,12 +241,13 @@ def read_adapter(path, name: str | None = None) -> AdapterFile:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         _fail(path, f"{CONFIG_NAME} is not valid JSON ({e})")
     stored_name, config = _parse_config(path, raw)
+    modules_spec = _parse_modules(path, raw)
     try:
         tensors = load_file(str(wpath))
     except Exception as e:  # SafetensorError, OSError, ... on truncated or corrupt files
         _fail(path, f"{WEIGHTS_NAME} is truncated or corrupt ({e})")
-    layers = _check_tensors(path, config, tensors)
-    return AdapterFile(name or stored_name or path.name, config, layers)
+    layers, modules = _check_tensors(path, config, tensors, modules_spec)
+    return AdapterFile(name or stored_name or path.name, config, layers, modules)
 
 
 def read_config(path) -> AdapterConfig:
@@ -250,15 +295,20 @@ def write_adapter(path, adapter: AdapterFile) -> None:
                               "fingerprint": c.get("fingerprint", "")}
                           for k, c in cfg.categories.items()},
            "extra": dict(cfg.extra)}
-    tensors = {}
+    if adapter.modules:
+        raw["modules_to_save"] = {m: {k: list(t.shape) for k, t in sd.items()}
+                                  for m, sd in adapter.modules.items()}
+    tensors = {f"{MODULE_PREFIX}{m}.{k}": t.detach().cpu().contiguous()
+               for m, sd in adapter.modules.items() for k, t in sd.items()}
     for name, d in adapter.layers.items():
         tensors[f"{name}.dl"] = d.dl.detach().cpu().contiguous()
         tensors[f"{name}.s"] = d.s.detach().cpu().contiguous()
         if d.rows is not None or d.cols is not None:
             tensors[f"{name}.rows"] = d.rows.detach().cpu().to(torch.int32).contiguous()
             tensors[f"{name}.cols"] = d.cols.detach().cpu().to(torch.int32).contiguous()
-    _, parsed = _parse_config(path, json.loads(json.dumps(raw)))
-    _check_tensors(path, parsed, tensors)
+    raw = json.loads(json.dumps(raw))
+    _, parsed = _parse_config(path, raw)
+    _check_tensors(path, parsed, tensors, _parse_modules(path, raw))
     path.mkdir(parents=True, exist_ok=True)
     tmp_w = path / (WEIGHTS_NAME + f".tmp{os.getpid()}")
     tmp_c = path / (CONFIG_NAME + f".tmp{os.getpid()}")

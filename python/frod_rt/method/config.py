@@ -43,6 +43,10 @@ class FrodConfig:
         category_mode: "per_role" or "shared_input" (roles reading one input share a basis V,
             DESIGN.md 2.1) for the decomposition ``get_frod_model`` builds; None = the
             model's mode when adding to a model, :data:`DEFAULT_CATEGORY_MODE` when building one.
+        modules_to_save: names (PEFT-style suffixes) of whole modules, e.g. a classifier
+            head, that this adapter trains as its own copy; saved in the adapter file.
+        k_rounding: "round" (frod_rt: ``k = round(in*in*rate)``) or "floor" (PEFT and the
+            official code: ``floor(in*in*rate)``, for adapters that must match PEFT's size).
     """
     target_modules: list[str] | str
     sparse_rate: float = 0.01
@@ -55,6 +59,8 @@ class FrodConfig:
     progress: bool = True
     extra: dict = field(default_factory=dict)
     category_mode: str | None = None
+    modules_to_save: list[str] | None = None
+    k_rounding: str = "round"
 
     def __post_init__(self):
         tm = self.target_modules
@@ -83,6 +89,14 @@ class FrodConfig:
         if self.category_mode is not None:
             from .categories import check_category_mode
             check_category_mode(self.category_mode)
+        mts = self.modules_to_save
+        if mts is not None:
+            if isinstance(mts, str) or not isinstance(mts, (list, tuple)) or not all(
+                    isinstance(m, str) and m for m in mts):
+                raise TypeError("modules_to_save: expected a list of module names")
+            self.modules_to_save = list(mts)
+        if self.k_rounding not in ("round", "floor"):
+            raise ValueError(f"k_rounding must be 'round' or 'floor', got {self.k_rounding!r}")
         self.sparse_rate = float(self.sparse_rate)
         self.alpha = float(self.alpha)
 

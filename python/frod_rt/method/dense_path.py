@@ -1,14 +1,16 @@
 """The materialised training path (DESIGN.md section 2) and the cost rule that picks it.
 
 For one adapter over all ``T`` rows of a layer, ``W' = W + U (diag(dl) + S) V^T`` is built
-once (two ``out x n x n`` GEMMs) and the layer runs one GEMM. Backward, with
-``G = dY^T X`` (out, n) and ``P = G V``::
+once per step and the layer runs one GEMM. ``U (diag(dl) + S)`` is the rotation kernel
+applied to the rows of ``U`` (``out (n + k)`` work), so the build costs one ``out x n x n``
+GEMM. Backward, with ``G = dY^T X`` (out, n) and ``P = G V``::
 
     dX     = dY W'
     d dl_i = sum_o U[o, i] P[o, i]            = diag(U^T G V)
     d s_j  = sum_o U[o, r_j] P[o, c_j]        = (U^T G V)[r_j, c_j]
 
-(``P`` and k dot products of length ``out``: no ``n x n`` product.)
+(``P`` and the rotation kernel's parameter gradient, an SDDMM over the ``out`` rows: no
+``n x n`` product.)
 ``W'`` is built as ``W + dW`` rather than ``U diag(l + dl) V^T + U S V^T``: equal in exact
 arithmetic (``W = U diag(l) V^T``), but exact at ``dl = s = 0`` in low precision.
 """
@@ -18,16 +20,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import ops
 from .delta import compute_dtype, delta_weight
 
 
-def _pattern_grad(U: Tensor, P: Tensor, rows: Tensor, cols: Tensor, chunk: int) -> Tensor:
-    out = torch.empty(rows.shape[0], dtype=P.dtype, device=P.device)
-    r, c = rows.long(), cols.long()
-    for j in range(0, r.shape[0], chunk):
-        out[j:j + chunk] = (U.index_select(1, r[j:j + chunk])
-                            * P.index_select(1, c[j:j + chunk])).sum(0)
-    return out
+def _one_segment(T: int, device) -> tuple[Tensor, Tensor]:
+    return (torch.tensor([0, T], dtype=torch.int32, device=device),
+            torch.zeros(1, dtype=torch.int32, device=device))
+
+
+def rotated_factor(U: Tensor, dl: Tensor, s: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``U (diag(dl) + S)`` (out, n) through the rotation kernel: its row ``o`` is
+    ``rotate(U[o])`` with the pattern transposed, ``out * (n + k)`` work instead of the
+    ``out * n * n`` of a dense ``U @ M``."""
+    indptr, seg = _one_segment(U.shape[0], U.device)
+    return ops.rotate_segments(U, indptr, seg, dl[None], s[None], cols, rows)
+
+
+def rotation_grads(U: Tensor, P: Tensor, dl: Tensor, s: Tensor, rows: Tensor, cols: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """``(diag(U^T P), (U^T P)[rows_j, cols_j])`` without forming ``U^T P``: the rotation
+    kernel's parameter gradient (an SDDMM over the ``out`` rows), ``out * (n + k)`` work."""
+    indptr, seg = _one_segment(U.shape[0], U.device)
+    _, gdl, gs = torch.ops.frod_rt.rotate_segments_backward(
+        P, U, indptr, seg, dl[None], s[None], rows, cols, False, True)
+    return gdl[0], gs[0]
 
 
 class DenseFrodLinear(torch.autograd.Function):
@@ -39,14 +56,24 @@ class DenseFrodLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W, b, U, V, dl, s, rows, cols):
-        Wp = W + delta_weight(U, V, dl, s, rows, cols, dtype=W.dtype)
-        ctx.save_for_backward(x, Wp, U, V, rows, cols)
+        acc = compute_dtype(W.dtype)
+        dl_a, s_a = dl.detach().to(acc), s.detach().to(acc)
+        UM = rotated_factor(U.to(acc), dl_a, s_a, rows, cols)        # (out, n)
+        Wp = (W.to(acc) + UM @ V.to(acc).T).to(W.dtype)
+        ctx.save_for_backward(x, Wp, U, V, rows, cols, dl_a, s_a)
         ctx.has_bias = b is not None
+        ctx.out_dtype = Wp.dtype
         return F.linear(x, Wp, b)
 
     @staticmethod
     def backward(ctx, gy):
-        x, Wp, U, V, rows, cols = ctx.saved_tensors
+        # autocast never applies inside: every operand already has its forward dtype
+        with torch.autocast(gy.device.type, enabled=False):
+            return DenseFrodLinear._backward(ctx, gy.to(ctx.out_dtype))
+
+    @staticmethod
+    def _backward(ctx, gy):
+        x, Wp, U, V, rows, cols, dl_a, s_a = ctx.saved_tensors
         need_x, need_W, need_b, _, _, need_dl, need_s = ctx.needs_input_grad[:7]
         gx = gW = gb = gdl = gs = None
         if need_x:
@@ -59,13 +86,10 @@ class DenseFrodLinear(torch.autograd.Function):
             if need_W:
                 gW = G.to(Wp.dtype)
             if need_dl or need_s:
-                Ua = U.to(acc)
                 P = G @ V.to(acc)                          # (out, n)
-                if need_dl:
-                    gdl = (Ua * P).sum(0)
-                if need_s:
-                    chunk = max(1, (1 << 22) // max(1, U.shape[0]))
-                    gs = _pattern_grad(Ua, P, rows, cols, chunk)
+                gdl, gs = rotation_grads(U.to(acc), P, dl_a, s_a, rows, cols)
+                gdl = gdl if need_dl else None
+                gs = gs if need_s else None
         return gx, gW, gb, None, None, gdl, gs, None, None
 
 

@@ -26,6 +26,33 @@ from .dense_path import dense_frod_linear, prefer_dense
 from .state import FrodState
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a linear layer on ``x`` in, or None when autocast is off
+    for x's device (or x is float64, which autocast leaves alone)."""
+    dev = x.device.type
+    if x.dtype == torch.float64 or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
+def tie_idle(y: torch.Tensor, params, state) -> torch.Tensor:
+    """``y`` plus ``0 * sum(p)`` over the trainable ``params()`` a call did not use, when idle
+    adapters must take part in the graph: under ``torch.distributed`` (auto) or when
+    ``state.tie_idle`` is True. DistributedDataParallel then reduces a zero gradient for them
+    and needs no ``find_unused_parameters``; on one process (auto) they keep ``grad=None``.
+    Note: an optimizer treats a zero gradient as a step (Adam moments decay)."""
+    tie = getattr(state, "tie_idle", None)
+    if tie is None:
+        tie = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not tie or not torch.is_grad_enabled():
+        return y
+    idle = [p for p in params() if p.requires_grad]
+    if not idle:
+        return y
+    zero = torch.stack([p.sum().to(torch.float32) for p in idle]).sum() * 0
+    return y + zero.to(y.dtype)
+
+
 class FrodLinear(nn.Module):
     """See the module docstring. Built by FrodModel; not meant to be created directly."""
 
@@ -190,21 +217,36 @@ class FrodLinear(nn.Module):
         return training and prefer_dense(T, self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, used = self._forward(x)
+        return tie_idle(y, lambda: [p for a in self.frod_dl if a not in used
+                                    for p in (self.frod_dl[a], self.frod_s[a])], self._state)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """(output, adapters whose values were used)."""
         st = self._state
         W, b = self.weight_oi(), self.bias
         if st.disabled:
             if self.merged_adapter is not None:
                 raise ValueError(f"{self.base_layer_name}: adapters are disabled but "
                                  f"{self.merged_adapter!r} is merged; unmerge first")
-            return F.linear(x, W, b)
+            return F.linear(x, W, b), []
         segments, used = self._route(x)
         if self.merged_adapter is not None:
             if used == [self.merged_adapter] and segments is None:
-                return F.linear(x, W, b)
+                return F.linear(x, W, b), used
             raise ValueError(f"{self.base_layer_name}: adapter {self.merged_adapter!r} is merged; "
                              "unmerge_adapter() before running other adapters or base rows")
         if not used:
-            return F.linear(x, W, b)
+            return F.linear(x, W, b), used
+        dt = autocast_dtype(x)
+        if dt is not None:  # run the adapted math in autocast's dtype, with autocast off
+            with torch.autocast(x.device.type, enabled=False):
+                return self._adapted(x.to(dt), W, b, segments, used), used
+        return self._adapted(x, W, b, segments, used), used
+
+    def _adapted(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, segments,
+                 used: list[str]) -> torch.Tensor:
+        """The adapted forward in x's dtype (base weight, factors and adapter values cast)."""
         dt = x.dtype
         W = W.to(dt)
         b = b.to(dt) if b is not None else None

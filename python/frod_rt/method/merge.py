@@ -46,6 +46,11 @@ def merge_and_unload(frod_model, name: str | None = None) -> nn.Module:
     if name is not None:
         frod_model._require_adapter(name)
     model = frod_model.model
+    from . import saved_modules
+    if name is not None:            # the adapter's trained heads replace the base's values
+        for mname, copy in saved_modules.copies_of(frod_model, name).items():
+            model.get_submodule(mname).load_state_dict(copy.state_dict())
+    saved_modules.restore(frod_model)
     for path, m in frod_layers(model):
         if name is not None and name in m.frod_dl:
             m.merge(name, keep_copy=False)

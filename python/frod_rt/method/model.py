@@ -8,6 +8,8 @@ per row; each adapter then receives only its own gradients.
 from __future__ import annotations
 
 import contextlib
+import inspect
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,23 +17,58 @@ from torch import nn
 from .adapter_io import AdapterFile, read_adapter, write_adapter
 from .basis import Category, Decomposition, LayerBasis
 from .categories import decomposition_category_mode, is_supported, name_matches
+from .checkpointing import wrap_checkpoint_functions
 from .config import BASE, DEFAULT_CATEGORY_MODE, FrodConfig, check_adapter_name
 from .decompose import decompose
 from .layers import FrodLinear
 from .patterns import layer_pattern, pattern_size
 from .state import FrodState, Routing
-from . import adapter_files, merge as _merge, optim as _optim
+from . import adapter_files, merge as _merge, optim as _optim, saved_modules as _saved
+
+
+class _ForwardCall:
+    """``fm.forward``: calls ``FrodModel._forward`` and reports the wrapped model's signature
+    plus ``adapter_names`` (so HF ``Trainer`` keeps the batch columns the base expects)."""
+
+    def __init__(self, fm):
+        self._fm = fm
+
+    def __call__(self, *args, **kwargs):
+        return self._fm._forward(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        base = inspect.signature(self._fm.model.forward)
+        params = list(base.parameters.values())
+        if "adapter_names" not in base.parameters:
+            extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY,
+                                      default=None)
+            at = next((i for i, p in enumerate(params) if p.kind == p.VAR_KEYWORD), len(params))
+            params.insert(at, extra)
+        return base.replace(parameters=params)
+
+    @property
+    def __doc__(self):
+        return FrodModel._forward.__doc__
+
+
+class _BaseSignatureForward:
+    def __get__(self, obj, objtype=None):
+        return FrodModel._forward if obj is None else _ForwardCall(obj)
 
 
 class FrodModel(nn.Module):
     """Wraps ``model`` (changed in place: target layers become :class:`FrodLinear`)."""
 
-    def __init__(self, model: nn.Module, config: FrodConfig, adapter_name: str = "default",
+    def __init__(self, model: nn.Module, config: FrodConfig, adapter_name: str | None = "default",
                  decomposition: Decomposition | None = None):
+        """``adapter_name=None`` builds the layers for ``config``'s targets and adds no
+        adapter (``from_pretrained`` then loads one)."""
         super().__init__()
         if not isinstance(config, FrodConfig):
             raise TypeError(f"config: expected a FrodConfig, got {type(config).__name__}")
-        check_adapter_name(adapter_name)
+        if adapter_name is not None:
+            check_adapter_name(adapter_name)
         if any(isinstance(m, FrodLinear) for m in model.modules()):
             raise ValueError("model already has FRoD layers")
         if decomposition is None:
@@ -40,6 +77,7 @@ class FrodModel(nn.Module):
                                       category_mode=config.category_mode or DEFAULT_CATEGORY_MODE)
         self.model = model
         self.state = FrodState()
+        self.saved_modules = nn.ModuleDict()     # modules_to_save copies, see saved_modules.py
         self.adapter_configs: dict[str, FrodConfig] = {}
         self._fingerprint = decomposition.fingerprint
         self._alpha = decomposition.alpha
@@ -59,8 +97,9 @@ class FrodModel(nn.Module):
                                basis.l.to(base.weight.device), self.state, config.compute_path)
             parent_name, _, child = name.rpartition(".")
             setattr(mods[parent_name] if parent_name else model, child, layer)
-        self.add_adapter(adapter_name, config)
-        self.set_adapter(adapter_name)
+        if adapter_name is not None:
+            self.add_adapter(adapter_name, config)
+            self.set_adapter(adapter_name)
 
     # ---- introspection --------------------------------------------------------------------
     def __getattr__(self, name):
@@ -136,10 +175,12 @@ class FrodModel(nn.Module):
                              f"model's decomposition ({self.category_mode!r})")
         layers = self.frod_layers()
         decomposition = self.decomposition
-        for lname in self._target_layers(config.target_modules):
+        chosen = self._target_layers(config.target_modules)
+        saved = self._modules_to_save(config.modules_to_save)
+        for lname in chosen:
             m = layers[lname]
             n = m.in_features
-            k = pattern_size(n, config.sparse_rate)
+            k = pattern_size(n, config.sparse_rate, config.k_rounding)
             pname = self.state.shared_pattern(layer_pattern(decomposition, m.category,
                                                             config.seed, k))
             dtype = config.param_dtype or m.frod_U.dtype
@@ -149,8 +190,24 @@ class FrodModel(nn.Module):
                 dl.normal_(0.0, config.init_std)
                 s.normal_(0.0, config.init_std)
             m.add_adapter(name, dl, s, ("shared", pname))
+        for mname in saved:
+            _saved.add_copy(self, mname, name)
         self.adapter_configs[name] = config
 
+    def _modules_to_save(self, names) -> list[str]:
+        """Module names matched by ``modules_to_save`` (ValueError for none / FRoD layers)."""
+        if not names:
+            return []
+        found = [n for n, m in self.model.named_modules()
+                 if n and name_matches(n, names) and not isinstance(m, FrodLinear)]
+        found = [n for n in found if not any(n.startswith(o + ".") for o in found)]
+        if not found:
+            raise ValueError(f"modules_to_save {names!r} match no module of the model")
+        for n in found:
+            if any(isinstance(m, FrodLinear) for m in self.model.get_submodule(n).modules()):
+                raise ValueError(f"modules_to_save: {n!r} contains FRoD-adapted layers; list "
+                                 "modules outside target_modules (heads)")
+        return found
     def set_adapter(self, name: str | None) -> None:
         """Adapter used for calls without ``adapter_names`` (None or "__base__": the base)."""
         if name is not None and name != BASE:
@@ -165,6 +222,7 @@ class FrodModel(nn.Module):
         for m in layers:
             if name in m.frod_dl:
                 m.delete_adapter(name)
+        _saved.remove_copies(self, name)
         del self.adapter_configs[name]
         if self.state.active == name:
             self.state.active = None
@@ -185,6 +243,7 @@ class FrodModel(nn.Module):
         ``generate``)."""
         prev = self.state.routing
         self.state.routing = self._routing(adapter_names)
+        wrap_checkpoint_functions(self.model, self.state)
         try:
             yield self
         finally:
@@ -200,8 +259,11 @@ class FrodModel(nn.Module):
         finally:
             self.state.disabled = prev
 
-    def forward(self, *args, adapter_names=None, **kwargs):
+    forward = _BaseSignatureForward()
+
+    def _forward(self, *args, adapter_names=None, **kwargs):
         """``self.model(*args, **kwargs)``; ``adapter_names`` routes batch rows to adapters."""
+        wrap_checkpoint_functions(self.model, self.state)
         if adapter_names is None:
             return self.model(*args, **kwargs)
         with self.adapter_routing(adapter_names):
@@ -239,6 +301,78 @@ class FrodModel(nn.Module):
         adapter = read_adapter(directory, name)
         self.add_adapter_from_file(adapter)
         return adapter.name
+
+    def save_pretrained(self, save_directory, selected_adapters: list[str] | None = None,
+                        **_ignored) -> None:
+        """PEFT-style: write the adapters only (never the base weights). The adapter named
+        "default" (or the only / first selected one when there is no "default") goes to
+        ``save_directory``, every other one to ``save_directory/<name>``. Extra keyword
+        arguments of ``PreTrainedModel.save_pretrained`` (e.g. from ``Trainer``) are ignored."""
+        names = self.adapters if selected_adapters is None else list(selected_adapters)
+        for n in names:
+            self._require_adapter(n)
+        if not names:
+            raise ValueError("save_pretrained: the model has no adapters")
+        root = "default" if "default" in names else names[0]
+        for n in names:
+            self.save_adapter(Path(save_directory) if n == root else Path(save_directory) / n, n)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, adapter_dir, adapter_name: str | None = None,
+                        is_trainable: bool = False, decomposition: Decomposition | None = None,
+                        cache_dir=None, progress: bool = False) -> "FrodModel":
+        """PEFT-style: freeze ``model``, decompose the adapter's targets (cached) and load the
+        adapter in ``adapter_dir`` (validated: AdapterError on a bad file or another base) as
+        the active adapter. ``is_trainable=False`` (PEFT's default) loads it frozen."""
+        adapter = read_adapter(adapter_dir, adapter_name)
+        cfg = adapter.config
+        regex = bool(cfg.extra.get("target_modules_is_regex"))
+        config = FrodConfig(cfg.target_modules[0] if regex else list(cfg.target_modules),
+                            sparse_rate=cfg.sparse_rate, seed=cfg.seed, alpha=cfg.alpha,
+                            cache_dir=cache_dir, progress=progress)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        fm = cls(model, config, None, decomposition)
+        fm.add_adapter_from_file(adapter)
+        fm.set_adapter(adapter.name)
+        if not is_trainable:
+            for p in fm.adapter_parameters(adapter.name):
+                p.requires_grad_(False)
+        return fm
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        """dl, s of every layer and the modules_to_save copies of adapter ``name``."""
+        self._require_adapter(name)
+        out = [d[name] for m in self.frod_layers().values() for d in (m.frod_dl, m.frod_s)
+               if name in d]
+        for c in _saved.copies_of(self, name).values():
+            out.extend(c.parameters())
+        return out
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters: base + every adapter)."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def print_trainable_parameters(self) -> None:
+        """Print PEFT's line: ``trainable params: N || all params: M || trainable%: P``."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    # ---- data parallel ----------------------------------------------------------------------
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Read by ``DistributedDataParallel``: the FRoD buffers (U, l per layer, V and the
+        patterns) derive from the frozen base and never change, so DDP must not broadcast them
+        (U is the size of W) on every forward."""
+        own = [n for n, _ in self.named_buffers()
+               if n.startswith("state.") or n.rsplit(".", 1)[-1].startswith("frod_")]
+        return own + list(self.__dict__.get("_ddp_ignore_extra", []))
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names) -> None:
+        self.__dict__["_ddp_ignore_extra"] = list(names)
 
     # ---- optimisation ---------------------------------------------------------------------
     def optimizer_param_groups(self, adapter_names=None, **kw) -> list[dict]:

@@ -19,14 +19,18 @@ __all__ = ["pattern_size", "sparse_pattern", "pattern_seed", "positions_to_pairs
            "LayerPattern", "layer_pattern", "own_pattern", "delta_pattern"]
 
 
-def pattern_size(n: int, sparse_rate: float) -> int:
-    """``k = round(n*n*sparse_rate)``, capped at the ``n*(n-1)`` off-diagonal positions."""
+def pattern_size(n: int, sparse_rate: float, rounding: str = "round") -> int:
+    """``k = round(n*n*sparse_rate)`` (``rounding="floor"``: ``floor``, as PEFT and the
+    official code), capped at the ``n*(n-1)`` off-diagonal positions."""
     if int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if not (0.0 <= float(sparse_rate) <= 1.0):
         raise ValueError(f"sparse_rate must be in [0, 1], got {sparse_rate!r}")
     n = int(n)
-    return min(int(round(n * n * float(sparse_rate))), n * (n - 1))
+    if rounding not in ("round", "floor"):
+        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
+    k = n * n * float(sparse_rate)
+    return min(int(round(k)) if rounding == "round" else int(k), n * (n - 1))
 
 
 def pattern_seed(fingerprint: str, category: str, k: int) -> int:

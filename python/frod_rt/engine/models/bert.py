@@ -7,7 +7,7 @@ import torch
 from .batch import AdapterBatch, AttnBatch
 from .fused import fuse_linears
 from .grouped import LinearGroup
-from .layers import AdaptedLinear, attention
+from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
 
 
 class BertEncoder:
@@ -44,6 +44,9 @@ class BertEncoder:
         self.pooler = lin(pooler.dense) if pooler is not None else None
         cls = getattr(hf, "classifier", None)
         self.classifier = lin(cls) if isinstance(cls, torch.nn.Linear) else None
+        # modules_to_save heads an adapter may carry (its own copy replaces the base's)
+        self.heads = {"classifier": AdapterHead("classifier", cls)} \
+            if self.classifier is not None else {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,4 +76,6 @@ class BertEncoder:
             raise ValueError("classify needs a model with a sequence-classification head "
                              "(e.g. BertForSequenceClassification); this one has none")
         pooled = torch.tanh(self.pooler(hidden[cls_rows], ab_cls))
-        return self.classifier(pooled, ab_cls).float()
+        logits = self.classifier(pooled, ab_cls)
+        logits = self.heads["classifier"].apply(logits, pooled, row_slots_of(ab_cls))
+        return logits.float()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
-from .layers import AdaptedLinear, attention
+from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
 
 
 class GPT2Model:
@@ -21,6 +21,8 @@ class GPT2Model:
         tr = hf.transformer
         self.wte, self.wpe, self.ln_f = tr.wte, tr.wpe, tr.ln_f
         self.lm_head = hf.lm_head
+        # modules_to_save heads an adapter may carry (its own copy replaces the base's)
+        self.heads = {"lm_head": AdapterHead("lm_head", hf.lm_head)}
         self.num_layers = cfg.n_layer
         self.num_heads = self.num_kv_heads = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
@@ -59,4 +61,6 @@ class GPT2Model:
             h = L["ln2"](x)
             x = x + L["mlp_proj"](self.act(L["c_fc"](h, ab)), ab)
         x = self.ln_f(x[logit_rows])
-        return self.lm_head(x).float()
+        logits = self.lm_head(x)
+        logits = self.heads["lm_head"].apply(logits, x, row_slots_of(ab, logit_rows))
+        return logits.float()

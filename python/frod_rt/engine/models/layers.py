@@ -97,6 +97,55 @@ class AdaptedLinear:
         return y
 
 
+def row_slots_of(ab: AdapterBatch | None, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Slot of each row of the flat batch (-1: base), or of ``rows`` of it; None without an
+    adapter batch."""
+    if ab is None or not ab.any_adapted:
+        return None
+    slots = torch.empty(ab.num_rows, dtype=torch.long)
+    for s, e, a in ab.runs:
+        slots[s:e] = a
+    return slots if rows is None else slots[rows.cpu()]
+
+
+class AdapterHead:
+    """A head module (nn.Linear: a classifier, an LM head) that adapters may replace with their
+    own trained copy (``modules_to_save``). Like :class:`AdaptedLinear`'s tables, the per-slot
+    weights are owned here; the adapter manager calls ``set_slot`` / ``reset_slot``.
+
+    ``apply(y, x, slots)`` replaces the rows of ``y = head(x)`` whose slot has a copy by
+    ``x W_a^T + b_a``; other rows keep the base head's result.
+    """
+
+    def __init__(self, name: str, module: torch.nn.Linear):
+        self.name = name
+        self.module = module
+        self.slots: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def expected(self) -> dict[str, tuple]:
+        """State-dict key -> shape an adapter's copy must have."""
+        return {k: tuple(t.shape) for k, t in self.module.state_dict().items()}
+
+    def set_slot(self, slot: int, state: dict[str, torch.Tensor]) -> None:
+        w = self.module.weight
+        self.slots[slot] = (state["weight"].to(w.device, w.dtype).contiguous(),
+                            state["bias"].to(w.device, w.dtype) if "bias" in state else None)
+
+    def reset_slot(self, slot: int) -> None:
+        self.slots.pop(slot, None)
+
+    def apply(self, y: torch.Tensor, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        if slots is None or not self.slots:
+            return y
+        for a in sorted({int(t) for t in slots.unique().tolist() if t >= 0}):
+            wb = self.slots.get(a)
+            if wb is None:
+                continue
+            idx = (slots == a).nonzero().flatten().to(x.device)
+            y[idx] = F.linear(x[idx], *wb).to(y.dtype)
+        return y
+
+
 def adapted_layers(model) -> dict[str, AdaptedLinear]:
     """Every :class:`AdaptedLinear` of a wrapped model (found in its attributes, lists and
     dicts), by HF module name."""

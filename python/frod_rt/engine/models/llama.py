@@ -7,7 +7,7 @@ import torch
 from .batch import AdapterBatch, AttnBatch
 from .fused import fuse_linears
 from .grouped import LinearGroup
-from .layers import AdaptedLinear, attention
+from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
 
 _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -28,6 +28,8 @@ class LlamaModel:
         self.norm = core.norm
         self.rotary = core.rotary_emb
         self.lm_head = hf.lm_head
+        # modules_to_save heads an adapter may carry (its own copy replaces the base's)
+        self.heads = {"lm_head": AdapterHead("lm_head", hf.lm_head)}
         self.num_layers = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
@@ -77,7 +79,9 @@ class LlamaModel:
             g = self.act(g) * u
             x = x + L["down_proj"](g, ab)
         x = self.norm(x[logit_rows])
-        return self.lm_head(x).float()
+        logits = self.lm_head(x)
+        logits = self.heads["lm_head"].apply(logits, x, row_slots_of(ab, logit_rows))
+        return logits.float()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
