@@ -44,10 +44,11 @@ def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Pat
 
 
 def build_engine(base, adapters: dict[str, Path], device: str, max_batch: int,
-                 max_len: int, cache_dir: Path, merge_hot=()):
+                 max_len: int, cache_dir: Path, merge_hot=(), auto_merge: bool = False):
     """A frod_rt Engine over a copy of ``base`` with every adapter resident on the device
     (``merge_hot``: adapter names served through materialised weights, the engine's opt-in
-    merged variant). Returns (engine, setup_seconds)."""
+    merged variant; ``auto_merge``: the engine's opt-in automatic merging of a dominant
+    adapter). Returns (engine, setup_seconds)."""
     from frod_rt.engine import Engine
     t0 = time.perf_counter()
     n = max(1, len(adapters))
@@ -55,7 +56,8 @@ def build_engine(base, adapters: dict[str, Path], device: str, max_batch: int,
                       max_num_seqs=max_batch, max_batch_tokens=max(2 * max_batch, 512),
                       kv_cache_tokens=max_batch * max_len * 2, max_waiting=1 << 20,
                       device_adapter_capacity=n, host_adapter_capacity=n, cache_dir=cache_dir,
-                      **({"merge_hot": list(merge_hot)} if merge_hot else {}))
+                      **({"merge_hot": list(merge_hot)} if merge_hot else {}),
+                      **({"auto_merge": True} if auto_merge else {}))
     return eng, time.perf_counter() - t0
 
 

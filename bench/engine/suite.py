@@ -26,7 +26,7 @@ SETTINGS = {
                    sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=2,
                    max_adapters={"peft_frod": 0, "merged": 0, "peft_lora": 32},
                    peft_adapters=[1, 32], targets=MEDIUM_TARGETS, base_every_round=True,
-                   category_modes=["per_role", "shared_input"]),
+                   category_modes=["per_role", "shared_input"], auto_merge=True),
     "full": dict(model="full", requests=1024, prompt_len=32, max_tokens=32, max_batch=256,
                  sparse_rate=0.01, adapters=[1, 4, 16, 32, 64, 256, 1024],
                  popularity=["uniform", "zipf"], repeats=3,
@@ -152,6 +152,11 @@ def _one_count(results, base, N: int, wls: dict, st: dict, device: str, tmp: Pat
     eng, t = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache")
     servers["frod_engine"] = lambda w, e=eng: fc.serve_engine(e, w, device)
     setup["frod_engine"] = t + wsec
+    if st.get("auto_merge"):
+        eng_a, t = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache",
+                                   auto_merge=True)
+        servers["frod_engine_auto"] = lambda w, e=eng_a: fc.serve_engine(e, w, device)
+        setup["frod_engine_auto"] = t + wsec
     if "shared_input" in st.get("category_modes", ()):
         spaths, wsec = fc.write_frod_adapters(base, N, st["sparse_rate"], tmp / f"n{N}-shared",
                                               targets=targets, category_mode="shared_input")
@@ -226,7 +231,7 @@ def _headline(results, st: dict) -> None:
                 h[f"frod_engine_vs_{other}_{pop}_{mid}_adapters"] = round(
                     theirs["frod_engine_speedup"], 3)
     if st.get("base_every_round"):
-        for name in ("frod_engine", "frod_engine_shared"):
+        for name in ("frod_engine", "frod_engine_shared", "frod_engine_auto"):
             for N in ns:
                 m = results.find("uniform", name, adapters=N)
                 if m and "vs_frod_base" in m:
