@@ -14,14 +14,12 @@ Reports the held-out accuracy and loss after training, per run and as mean +- st
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import importlib.util
 import json
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import time
@@ -40,22 +38,8 @@ KIND_PACKAGES = ("sklearn", "networkx", "sympy")
 
 def _kind_items(mod: str):
     spec = importlib.util.find_spec(mod)
-    root = Path(list(spec.submodule_search_locations)[0])
-    for f in sorted(root.rglob("*.py")):
-        rel = f.relative_to(root.parent)
-        if any(p in ("tests", "test", "testing", "_vendor", "benchmarks") for p in rel.parts):
-            continue
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                doc = ast.get_docstring(node)
-                if doc:
-                    text = re.sub(r"\s+", " ", doc.split("\n\n")[0]).strip()
-                    if len(text) >= 40:
-                        yield str(rel), text, int(isinstance(node, ast.ClassDef))
+    for rel, text, is_class in fm.doc_items(Path(list(spec.submodule_search_locations)[0])):
+        yield rel, text, int(is_class)
 
 
 def load_kind(per_class_train: int, per_class_test: int, seed: int):
