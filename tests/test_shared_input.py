@@ -101,3 +101,14 @@ def test_frod_model_shared_input_trains_and_roundtrips(tmp_path):
     from frod_rt.method.adapter_io import AdapterError
     with pytest.raises(AdapterError, match="category"):
         fm3.load_adapter(tmp_path / "ad", name="y")
+
+
+def test_peft_export_refuses_shared_input(tmp_path):
+    pytest.importorskip("peft")
+    from frod_rt.interop import export_peft
+    from frod_rt.method.adapter_io import AdapterError
+    model = tiny_llama()
+    fm = get_frod_model(model, FrodConfig(["q_proj", "v_proj"], cache_dir=tmp_path,
+                                          progress=False, category_mode="shared_input"))
+    with pytest.raises(AdapterError, match="per_role"):
+        export_peft(fm.adapter_file("default"), tiny_llama(), tmp_path / "out")

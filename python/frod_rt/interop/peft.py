@@ -37,7 +37,7 @@ from torch import nn
 
 from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
-from ..method.categories import is_conv1d, linear_weight
+from ..method.categories import decomposition_category_mode, is_conv1d, linear_weight
 from ..method.decompose import decompose
 from ..method.patterns import delta_pattern
 from .peft_dir import read_peft_frod_dir, split_lambda_tensors
@@ -400,6 +400,10 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
     """
     from safetensors.torch import save_file
 
+    if decomposition_category_mode(adapter.config.categories) != "per_role":
+        raise AdapterError(f"adapter {adapter.name!r} uses shared-input categories (q,k,v "
+                           "share one basis); PEFT FRoD has one category per role: train it "
+                           "with FrodConfig(category_mode='per_role') to export it")
     names_all = [n for c in adapter.config.categories.values() for n in c["layers"]]
     if decomposition is None:
         decomposition = decompose(base_model, names_all, alpha=adapter.config.alpha,
