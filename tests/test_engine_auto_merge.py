@@ -100,9 +100,10 @@ def test_engine_refuses_mixed_category_modes(tmp_path):
 
 def test_shared_input_mixed_batch_matches_merged_hf(tmp_path, gen):
     model = _model()
-    files = {f"t{i}": random_adapter(model, tmp_path / f"t{i}", LLAMA_T, seed=10 + i,
+    targets = [LLAMA_T, ["q_proj", "v_proj"], ["gate_proj", "down_proj", "o_proj"]]
+    files = {f"t{i}": random_adapter(model, tmp_path / f"t{i}", t, seed=10 + i,
                                      cache_dir=tmp_path, category_mode="shared_input")
-             for i in range(3)}
+             for i, t in enumerate(targets)}
     eng = Engine.load(model, adapters={n: tmp_path / n for n in files}, cache_dir=tmp_path,
                       block_size=4, max_batch_tokens=40, max_num_seqs=8)
     lt = eng.pool.layers

@@ -54,8 +54,10 @@ def test_subset_of_roles_and_bert(tmp_path):
     model = tiny_llama()
     d = decompose(model, ["q_proj", "v_proj", "o_proj"], cache_dir=tmp_path, progress=False,
                   category_mode="shared_input")
+    # a targeted role brings its siblings: the category is the model's, not the targets'
     assert sorted(d.categories) == ["model.layers.*.self_attn.o_proj:20x20",
-                                    "model.layers.*.self_attn.{q_proj,v_proj}:20+10x20"]
+                                    "model.layers.*.self_attn.{q_proj,k_proj,v_proj}:20+10+10x20"]
+    assert "model.layers.1.self_attn.k_proj" in d.layers
     bert = tiny_bert()
     d = decompose(bert, BERT_TARGETS, cache_dir=tmp_path, progress=False,
                   category_mode="shared_input")
@@ -112,3 +114,21 @@ def test_peft_export_refuses_shared_input(tmp_path):
                                           progress=False, category_mode="shared_input"))
     with pytest.raises(AdapterError, match="per_role"):
         export_peft(fm.adapter_file("default"), tiny_llama(), tmp_path / "out")
+
+
+def test_subset_adapter_loads_on_full_shared_decomposition(tmp_path):
+    ids = torch.randint(0, 67, (2, 5), generator=torch.Generator().manual_seed(2))
+    small = get_frod_model(tiny_llama(dtype=torch.float64), FrodConfig(
+        ["q_proj"], cache_dir=tmp_path, progress=False, category_mode="shared_input",
+        init_std=0.05))
+    assert "model.layers.0.self_attn.k_proj" in small.frod_layers()     # sibling, no adapter
+    assert "default" not in small.frod_layers()["model.layers.0.self_attn.k_proj"].frod_dl
+    small.save_adapter(tmp_path / "q")
+    big = get_frod_model(tiny_llama(dtype=torch.float64), FrodConfig(
+        LLAMA_TARGETS, cache_dir=tmp_path, progress=False, category_mode="shared_input"))
+    assert big.fingerprint != small.fingerprint
+    big.load_adapter(tmp_path / "q", "q")
+    big.set_adapter("q")
+    small.set_adapter("default")
+    with torch.no_grad():
+        torch.testing.assert_close(big(ids).logits, small(ids).logits, rtol=1e-12, atol=1e-12)

@@ -146,6 +146,25 @@ def _shared_input_keys(layers: list[tuple[str, nn.Module]]) -> dict[str, str]:
     return keys
 
 
+def with_input_siblings(model: nn.Module, layers: list[tuple[str, nn.Module]]
+                        ) -> list[tuple[str, nn.Module]]:
+    """``layers`` plus the untargeted sibling roles of their input groups (a target ``q_proj``
+    brings its ``k_proj`` and ``v_proj``), in model order. A shared-input category is thus fixed
+    by the model, not by the targets: adapters of any subset of q, k, v share its basis."""
+    chosen = {n for n, _ in layers}
+    want = set()
+    for name, _ in layers:
+        parent, _, role = name.rpartition(".")
+        for roles in SHARED_INPUT_ROLES:
+            if role in roles:
+                want.update(f"{parent}.{r}" if parent else r for r in roles)
+    want -= chosen
+    if not want:
+        return list(layers)
+    return [(n, m) for n, m in model.named_modules()
+            if n in chosen or (n in want and is_supported(m))]
+
+
 def group_categories(layers: list[tuple[str, nn.Module]], mode: str = "per_role"
                      ) -> dict[str, list[tuple[str, nn.Module]]]:
     """Group (name, module) pairs into categories, keeping model order.

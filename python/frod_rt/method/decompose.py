@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .basis import Category, Decomposition, LayerBasis, layer_outs
 from .categories import (category_key, find_targets, group_categories, is_shared_input_key,
-                         linear_weight)
+                         linear_weight, with_input_siblings)
 from .fingerprint import base_fingerprint, category_fingerprint
 from .joint import ALGORITHM_VERSION, joint_basis, scale_split
 
@@ -140,7 +140,9 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         use_cache: read/write the on-disk cache.
         category_mode: "per_role" (one category per role and shape, DESIGN.md 1.1; what
             PEFT and the official code use) or "shared_input" (roles reading one input share a
-            category and its V, DESIGN.md 2.1; see :mod:`.categories`).
+            category and its V, DESIGN.md 2.1; see :mod:`.categories`). A targeted role
+            brings its untargeted siblings into the decomposition (the category is the
+            model's, so adapters of any subset of the roles share it).
 
     Returns:
         A :class:`Decomposition` whose tensors sit on each layer's weight device.
@@ -150,6 +152,8 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         raise ValueError(f"alpha must be > 0, got {alpha}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     targets = find_targets(model, target_modules)
+    if category_mode == "shared_input":
+        targets = with_input_siblings(model, targets)
     groups = group_categories(targets, category_mode)
     categories: dict[str, Category] = {}
     layers: dict[str, LayerBasis] = {}
