@@ -23,10 +23,10 @@ SETTINGS = {
     # issue 13's model: ~50M parameters, 64 requests x (32 + 32), q,k,v,o,gate,up adapted; the
     # engine serving the base runs in every round so adapted/base is a per-round ratio
     "medium": dict(model="medium", requests=64, prompt_len=32, max_tokens=32, max_batch=64,
-                   sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=2,
+                   sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=1,
                    max_adapters={"peft_frod": 0, "merged": 0, "peft_lora": 32},
-                   peft_adapters=[1, 32], targets=MEDIUM_TARGETS, base_every_round=True,
-                   category_modes=["per_role", "shared_input"], auto_merge=True),
+                   peft_adapters=[32], targets=MEDIUM_TARGETS, base_every_round=True,
+                   category_modes=["per_role", "shared_input"], auto_merge_at=[1]),
     "full": dict(model="full", requests=1024, prompt_len=32, max_tokens=32, max_batch=256,
                  sparse_rate=0.01, adapters=[1, 4, 16, 32, 64, 256, 1024],
                  popularity=["uniform", "zipf"], repeats=3,
@@ -152,7 +152,7 @@ def _one_count(results, base, N: int, wls: dict, st: dict, device: str, tmp: Pat
     eng, t = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache")
     servers["frod_engine"] = lambda w, e=eng: fc.serve_engine(e, w, device)
     setup["frod_engine"] = t + wsec
-    if st.get("auto_merge"):
+    if N in st.get("auto_merge_at", ()):     # with uniform traffic over N > 1 it never merges
         eng_a, t = fc.build_engine(base, paths, device, mb, max_len, tmp / "cache",
                                    auto_merge=True)
         servers["frod_engine_auto"] = lambda w, e=eng_a: fc.serve_engine(e, w, device)
