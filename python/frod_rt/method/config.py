@@ -10,7 +10,7 @@ import torch
 COMPUTE_PATHS = ("auto", "factored", "dense")
 # category mode of a model built by get_frod_model when its FrodConfig gives none (docs/method.md
 # "Shared-input categories" has the measurement this choice rests on)
-DEFAULT_CATEGORY_MODE = "per_role"
+DEFAULT_CATEGORY_MODE = "shared_input"
 BASE = "__base__"
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
