@@ -132,3 +132,19 @@ def test_subset_adapter_loads_on_full_shared_decomposition(tmp_path):
     small.set_adapter("default")
     with torch.no_grad():
         torch.testing.assert_close(big(ids).logits, small(ids).logits, rtol=1e-12, atol=1e-12)
+
+
+def test_shared_input_key_parsing():
+    from frod_rt.method.categories import (category_accepts, layer_out_in_category,
+                                           shared_input_parts)
+    key = "model.layers.*.self_attn.{q_proj,k_proj,v_proj}:20+10+10x20"
+    assert shared_input_parts(key) == ("model.layers.*.self_attn.", ["q_proj", "k_proj", "v_proj"],
+                                       [20, 10, 10], 20)
+    assert category_accepts(key, "model.layers.3.self_attn.k_proj", 40, 20)
+    assert not category_accepts(key, "model.layers.3.self_attn.o_proj", 40, 20)
+    assert not category_accepts(key, "model.layers.3.mlp.k_proj", 40, 20)
+    assert not category_accepts(key, "model.layers.3.self_attn.k_proj", 30, 20)
+    assert layer_out_in_category(key, "model.layers.0.self_attn.v_proj", 40) == 10
+    for bad in ("a.{q_proj,k_proj}:x+1x2", "a.{q_proj}:1+2x3"):
+        assert shared_input_parts(bad) is None
+        assert not category_accepts(bad, "a.q_proj", 3, 3)

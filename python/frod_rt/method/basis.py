@@ -20,9 +20,9 @@ DECOMPOSITION_FORMAT = 1
 def layer_outs(key: str, out_features: int) -> list[int]:
     """Row counts of a category's layers, cycling in layer order: ``[out]`` for a per-role
     category, ``[o_q, o_k, o_v]`` for a shared-input one (its key ends ``:o_q+o_k+o_vxin``)."""
-    if "{" in key.rpartition(":")[0]:
-        return [int(o) for o in key.rpartition(":")[2].rpartition("x")[0].split("+")]
-    return [int(out_features)]
+    from .categories import shared_input_parts
+    parts = shared_input_parts(key)
+    return parts[2] if parts is not None else [int(out_features)]
 
 
 @dataclass

@@ -195,6 +195,22 @@ def decomposition_category_mode(category_keys) -> str:
     return "shared_input" if any(is_shared_input_key(k) for k in category_keys) else "per_role"
 
 
+def shared_input_parts(key: str) -> tuple[str, list[str], list[int], int] | None:
+    """``"m.layers.*.attn.{q_proj,k_proj}:8+4x8"`` -> ``("m.layers.*.attn.", ["q_proj", "k_proj"],
+    [8, 4], 8)``; None for a per-role key or a malformed shared-input key."""
+    if not is_shared_input_key(key):
+        return None
+    head, _, shape = key.rpartition(":")
+    stem, _, roles = head.rpartition("{")
+    outs, _, n = shape.rpartition("x")
+    try:
+        out_list, n_in = [int(o) for o in outs.split("+")], int(n)
+    except ValueError:
+        return None
+    role_list = roles.rstrip("}").split(",")
+    return (stem, role_list, out_list, n_in) if len(role_list) == len(out_list) else None
+
+
 def category_accepts(key: str, layer_name: str, out_features: int, in_features: int) -> bool:
     """Whether layer ``layer_name`` can belong to category ``key`` of (out, in) ``out_features``
     x ``in_features`` (the category's fields in an adapter file): per-role keys must equal
@@ -202,29 +218,22 @@ def category_accepts(key: str, layer_name: str, out_features: int, in_features: 
     its role among the braced roles, and ``in_features`` and the summed out of its key."""
     if not is_shared_input_key(key):
         return category_key(layer_name, out_features, in_features) == key
-    head, _, shape = key.rpartition(":")
-    stem, _, roles = head.rpartition("{")
+    parts = shared_input_parts(key)
+    if parts is None:
+        return False
+    stem, roles, outs, n = parts
     parent, _, role = layer_name.rpartition(".")
     want_stem = _INDEX.sub("*", parent) + "." if parent else ""
-    outs, _, n = shape.rpartition("x")
-    try:
-        total = sum(int(o) for o in outs.split("+"))
-    except ValueError:
-        return False
-    return (stem == want_stem and role in roles.rstrip("}").split(",")
-            and n == str(int(in_features)) and total == int(out_features))
+    return (stem == want_stem and role in roles and n == int(in_features)
+            and sum(outs) == int(out_features))
 
 
 def layer_out_in_category(key: str, layer_name: str, out_features: int) -> int:
     """The out_features a layer of category ``key`` has: the category's own for a per-role
     key, the one of the layer's role (``o_k`` of ``{q_proj,k_proj,v_proj}:o_q+o_k+o_vxin``) for a
     shared-input key (``out_features``, the summed out, when the role is not in the key)."""
-    if not is_shared_input_key(key):
-        return int(out_features)
-    head, _, shape = key.rpartition(":")
-    roles = head.rpartition("{")[2].rstrip("}").split(",")
-    outs = shape.rpartition("x")[0].split("+")
+    parts = shared_input_parts(key)
     role = layer_name.rpartition(".")[2]
-    if role in roles and len(outs) == len(roles):
-        return int(outs[roles.index(role)])
-    return int(out_features)
+    if parts is None or role not in parts[1]:
+        return int(out_features)
+    return parts[2][parts[1].index(role)]
