@@ -23,7 +23,7 @@ SETTINGS = {
     # issue 13's model: ~50M parameters, 64 requests x (32 + 32), q,k,v,o,gate,up adapted; the
     # engine serving the base runs in every round so adapted/base is a per-round ratio
     "medium": dict(model="medium", requests=64, prompt_len=32, max_tokens=32, max_batch=64,
-                   sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=1,
+                   sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=3,
                    max_adapters={"peft_frod": 0, "merged": 0, "peft_lora": 32},
                    peft_adapters=[32], targets=MEDIUM_TARGETS, base_every_round=True,
                    category_modes=["per_role", "shared_input"], auto_merge_at=[1]),
