@@ -45,14 +45,15 @@ def markdown(path: Path) -> str:
         pk = ", ".join(f"{k}={x['params'][k]}" for k in shown)
         if pk not in keys.setdefault(x["sweep"], []):
             keys[x["sweep"]].append(pk)
-        val = (f"{_fmt(x['ratio_to_floor'])}x" if "ratio_to_floor" in x else
+        ratio = x.get("ratio_to_3gemm_floor", x.get("ratio_to_dense3"))   # older files: _dense3
+        val = (f"{_fmt(ratio)}x" if ratio is not None else
                f"{_fmt(x['median'])} ±{_fmt(x['iqr'] / 2)}")
         by[(x["sweep"], pk)][x["contender"]] = val
     for sweep, pks in keys.items():
         names = sorted({c for pk in pks for c in by[(sweep, pk)]})
         unit = next(x["unit"] for x in doc["measurements"]
                     if "skipped" not in x and x["sweep"] == sweep)
-        what = "time / base GEMM" if doc["suite"] == "layer" else f"median {unit} ±IQR/2"
+        what = "time / 3-GEMM floor" if doc["suite"] == "layer" else f"median {unit} ±IQR/2"
         lines += [f"Sweep `{sweep}` ({what}):", "",
                   "| params | " + " | ".join(names) + " |",
                   "|---|" + "---|" * len(names)]

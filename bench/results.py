@@ -59,6 +59,14 @@ class Results:
                 return m
         return None
 
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Results":
+        """A Results holding a document read back with :func:`load` (same stem)."""
+        res = cls.__new__(cls)
+        res.doc = doc
+        res.created = _dt.datetime.fromisoformat(doc["created"])
+        return res
+
     def stem(self) -> str:
         return f"{self.doc['suite']}-{self.doc['device']}-{self.created.strftime('%Y%m%d-%H%M%S')}"
 

@@ -1,7 +1,8 @@
 """frod_rt main demo: one base model, several FRoD adapters, one mixed batch.
 
-Builds a small Llama-style model with random weights and a byte-level BPE tokenizer trained
-offline, saves them as a Hugging Face directory, writes six random-valued FRoD adapters with
+Builds a small Llama-style model with random weights and a word-level tokenizer trained
+offline on a built-in paragraph (so even random weights print readable words), saves them as
+a Hugging Face directory, writes six random-valued FRoD adapters with
 the method's ``write_adapter``, then serves one batch in which every request uses a different
 adapter (or none: the base model) and prints each request's output and the overall
 throughput. Runs in well under a minute on 2 CPU cores.

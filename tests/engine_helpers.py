@@ -15,3 +15,4 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
                          do_sample=False, pad_token_id=0)
     return out[0, len(prompt):].tolist()
+

@@ -32,3 +32,24 @@ BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate
                 "output.dense"]
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
+
+
+def trained_peft(base, targets, rate=0.05, seed=0, lam_noise=0.2, s_scale=0.1):
+    """A PEFT FRoD model (``peft.FrodConfig``) on a copy of ``base`` with trained-like values:
+    ``lambda_l = l0 * (1 + lam_noise N(0,1))``, ``s ~ s_scale * mean(l0) * N(0,1)``."""
+    import copy
+
+    from peft import FrodConfig as PeftFrodConfig
+    from peft import get_peft_model
+    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=targets,
+                                                            sparse_rate=rate, progressbar=False))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in pm.modules():
+            if hasattr(mod, "frod_lambda_l") and "default" in mod.frod_lambda_l:
+                lam = mod.frod_lambda_l["default"]
+                scale = float(lam.abs().mean())
+                lam.mul_(1 + lam_noise * torch.randn(lam.shape, generator=g))
+                s = mod.frod_lambda_s_values["default"]
+                s.copy_(s_scale * scale * torch.randn(s.shape, generator=g))
+    return pm.eval()

@@ -59,7 +59,9 @@ def test_save_load_roundtrip(tmp_path):
     src.save_adapter(tmp_path / "a")
     assert {p.name for p in (tmp_path / "a").iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
     raw = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
-    assert raw["format_version"] == 1 and raw["base_fingerprint"] == src.fingerprint
+    assert raw["format_version"] == 2 and raw["decomposition_fingerprint"] == src.fingerprint
+    assert raw["base_fingerprint"] == src.decomposition.base_fingerprint != src.fingerprint
+    assert raw["base_model"]["architecture"] == "BertModel"
     assert raw["sparse_rate"] == 0.05 and raw["seed"] == 0 and raw["alpha"] == 1e-3
     assert set(raw["categories"]) == {c for c in src.decomposition.categories}
     dst = _model(init_std=0.0)  # same base (same seed), fresh zero adapter "default"
@@ -146,7 +148,7 @@ def _corrupt(tmp_path, how):
         c.write_text(json.dumps(raw))
     elif how == "missing_field":
         raw = json.loads(c.read_text())
-        del raw["base_fingerprint"]
+        del raw["decomposition_fingerprint"]
         c.write_text(json.dumps(raw))
     elif how == "no_weights":
         w.unlink()
@@ -198,7 +200,7 @@ def test_other_base_raises_and_leaves_model_unchanged(tmp_path):
     _model(seed=0).save_adapter(tmp_path / "a")
     other = _model(seed=1)
     snap = _snapshot(other)
-    with pytest.raises(AdapterError, match="different base"):
+    with pytest.raises(AdapterError, match="trained for a different base model of the same architecture"):
         other.load_adapter(tmp_path / "a", "x")
     _assert_same(other, snap)
     # a file that names a layer of another category / shape also fails before any change
@@ -232,7 +234,7 @@ def test_write_adapter_validates_and_check_against(tmp_path):
     layer = next(iter(f.layers))
     f.layers[layer] = LayerDelta(f.layers[layer].dl, torch.zeros(3))
     with pytest.raises(AdapterError, match="shape"):
-        write_adapter(tmp_path / "w", f)
+        write_adapter(f, tmp_path / "w")
     assert not (tmp_path / "w").exists()
     f2 = fm.adapter_file("default")
     f2.config.alpha = 0.5

@@ -85,9 +85,10 @@ def test_seeded_adapter_save_load_serve_export(tmp_path, monkeypatch):
     assert float((theirs - ours).abs().max()) <= 5 * err * effect + 1e-4
 
 
-def test_slot_tables_shared_pattern_whatever_other_slots_hold(tmp_path, gen):
-    """A denser adapter (longer k) or an imported pattern in one slot does not push the other
-    slots onto padded per-slot patterns; device patterns are released with their last slot."""
+def test_slot_tables_per_slot_patterns_without_padding(tmp_path, gen):
+    """A denser adapter (longer k) or an imported pattern in one slot never pads the other
+    slots: each slot keeps its own planned pattern and uses s[a, :k_a] of one table; device
+    plans are released with their last slot and the table shrinks back."""
     model = toy_llama(vocab_size=89, hidden=32, intermediate=40, eos_token_id=None, std=0.1)
     kinds = {"a": {}, "b": {}, "dense": {"sparse_rate": 0.2},
              "imported": {"explicit_pattern": True}}
@@ -98,24 +99,24 @@ def test_slot_tables_shared_pattern_whatever_other_slots_hold(tmp_path, gen):
     slot = {n: eng.pool.entries[n].slot for n in kinds}
     assert all(s >= 0 for s in slot.values())
     tables = eng.pool.layers[Q0].slots
-    k_std = tables.patterns.of_slot[slot["a"]].k
-    k_dense = tables.patterns.of_slot[slot["dense"]].k
-    assert k_dense > k_std
-    dl, s, rows, cols = tables.rotation_args([slot["a"], slot["b"]])
-    assert rows.dim() == 1 and rows.shape[0] == k_std and s.shape == (tables.A, k_std)
-    _, s2, rows2, _ = tables.rotation_args([slot["a"], slot["dense"]])
-    assert rows2.shape == (tables.A, k_dense) and s2.shape == (tables.A, k_dense)
+    k_std = tables.patterns.k(slot["a"])
+    k_dense = tables.patterns.k(slot["dense"])
+    assert k_dense > k_std > 0
+    assert tables.patterns.plan(slot["a"]) is tables.patterns.plan(slot["b"])
+    dl, s, patterns = tables.rotation_args()
+    assert s.shape == (tables.A, k_dense) and patterns is tables.patterns
+    assert len(patterns.table.plans) == 3          # a/b share one; dense; imported
     # per layer: one pattern for a/b, one for dense, one for imported
     n_layers = len(eng.pool.layers)
     assert len(eng.pool.patterns) <= 3 * n_layers
     before = len(eng.pool.patterns)
     eng.remove_adapter("dense")
     eng.remove_adapter("imported")
-    assert k_dense not in tables.s_by_k
+    assert tables.s.shape[1] == k_std            # the table shrank to the largest k in use
     assert len(eng.pool.patterns) < before
     eng.remove_adapter("a")
     eng.remove_adapter("b")
-    assert len(eng.pool.patterns) == 0 and not tables.s_by_k
+    assert len(eng.pool.patterns) == 0 and tables.s.shape[1] == 0
     assert eng.stats()["adapter_patterns_cached"] == 0
 
 
@@ -240,7 +241,7 @@ def test_slot_tables_unit(gen):
     from frod_rt.engine.models.slots import PatternStore, SlotTables, SlotValues
     from frod_rt.method.delta import adapted_weight
     from frod_rt.method.patterns import own_pattern, positions_to_pairs
-    from frod_rt.ops import rotate_segments
+    from frod_rt.ops import rotate_slots
     n, out, A = 9, 6, 4
     dt = torch.float64
     V, U = torch.randn(n, n, generator=gen, dtype=dt), torch.randn(out, n, generator=gen, dtype=dt)
@@ -261,18 +262,18 @@ def test_slot_tables_unit(gen):
     vals = {0: values(7, 1, shared), 1: values(7, 2, shared), 2: values(20, 3), 3: values(5, 4)}
     for a, v in vals.items():
         st.set_slot(a, v)
-    assert len(store) == 3 and sorted(st.s_by_k) == [5, 7, 20]
+    assert len(store) == 3 and st.s.shape == (A, 20)
+    assert [st.patterns.k(a) for a in range(A)] == [7, 7, 20, 5]
     st.set_slot(3, values(11, 5))                  # another length into an occupied slot
     vals[3] = values(11, 5)
-    assert sorted(st.s_by_k) == [7, 11, 20] and len(store) == 3
+    assert [st.patterns.k(a) for a in range(A)] == [7, 7, 20, 11] and len(store) == 3
     z = torch.randn(8, n, generator=gen, dtype=dt)
     for slots in ([0, 1], [0, 2, 3], [1, 3]):
         per = 8 // len(slots)
         indptr = torch.tensor([i * per for i in range(len(slots) + 1)], dtype=torch.int32)
         seg = torch.tensor(slots, dtype=torch.int32)
-        dl, s, rows, cols = st.rotation_args(slots)
-        assert (rows.dim() == 1) == (slots == [0, 1])
-        h = rotate_segments(z[:per * len(slots)], indptr, seg, dl, s, rows, cols)
+        dl, s, patterns = st.rotation_args()
+        h = rotate_slots(z[:per * len(slots)], indptr, seg, dl, s, patterns)
         for i, a in enumerate(slots):
             v = vals[a]
             Wp = adapted_weight(U, l, V, v.dl, v.s, v.pattern.rows, v.pattern.cols,
@@ -283,7 +284,7 @@ def test_slot_tables_unit(gen):
             torch.testing.assert_close(h[i * per:(i + 1) * per] @ U.T, want, rtol=1e-9, atol=1e-9)
     st.reset_slot(2)
     st.reset_slot(3)
-    assert sorted(st.s_by_k) == [7] and len(store) == 1
+    assert st.s.shape == (A, 7) and len(store) == 1
     st.reset_slot(0)
     st.reset_slot(1)
-    assert not st.s_by_k and len(store) == 0 and not st.target_slots
+    assert st.s.shape == (A, 0) and len(store) == 0 and not st.target_slots

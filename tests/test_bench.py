@@ -66,12 +66,15 @@ def test_layer_suite_tiny(tiny_runs):
     assert all("rel_err_vs_reference" in m for m in measured
                if m["contender"] not in ("base_gemm", "dense3"))
     for m in measured:
-        assert m["unit"] == "s" and m["ratio_to_floor"] > 0
+        assert m["unit"] == "s" and m["ratio_to_base_gemm"] > 0 and m["ratio_to_3gemm_floor"] > 0
         if m["contender"] == "base_gemm":
-            assert m["ratio_to_floor"] == pytest.approx(1.0)
+            assert m["ratio_to_base_gemm"] == pytest.approx(1.0)
+        if m["contender"] == "dense3":
+            assert m["ratio_to_3gemm_floor"] == pytest.approx(1.0)
         if "rel_err_vs_reference" in m:        # every adapted contender computed the same Y
             assert m["rel_err_vs_reference"] < 1e-4
-    assert "frod_factored_vs_floor" in doc["headline"]
+    assert {"frod_factored_vs_base_gemm", "frod_factored_vs_3gemm_floor"} <= set(doc["headline"])
+    assert "3gemm_floor" in doc["headline"]["goal"]
 
 
 def test_engine_suite_tiny(tiny_runs):
@@ -131,3 +134,66 @@ def test_cli_arguments():
         parse_args(["nosuchsuite"])
     with pytest.raises(SystemExit):
         parse_args(["layer", "--quick", "--tiny"])
+
+
+def _doc_with(points):
+    res = R.Results("layer", "cpu", True, {"cpu_model": "x", "cpu_cores": 1, "torch": "t",
+                                           "frod_rt": "f", "git_commit": None},
+                    {"mode": "quick", "dtype": "float32"})
+    for contender, params, value in points:
+        res.add("adapters", contender, params, summarize([value, value * 1.1]),
+                metric="seconds", unit="s", ratio_to_3gemm_floor=value)
+    return res
+
+
+def test_plots_are_readable():
+    """Titles give the fixed parameters, the legend sits right of the axes, frod_rt's lines
+    are thicker than the others, and a single x value never sits on a log axis."""
+    from bench.plots import sweep_figure
+    pts = [(c, {"adapters": a, "tokens": 1024, "hidden": 256}, v * a)
+           for c, v in (("frod_factored", 1.1), ("merged_loop", 3.0), ("dense3", 1.0))
+           for a in (1, 4, 16)]
+    fig = sweep_figure(_doc_with(pts), "adapters", "adapters", y="ratio_to_3gemm_floor",
+                       logy=True, title="ratio")
+    ax = fig.axes[0]
+    assert "tokens=1024" in ax.get_title() and "hidden=256" in ax.get_title()
+    assert "adapters=" not in ax.get_title()                        # the swept one is not fixed
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1                   # off the data
+    widths = {line.get_label(): line.get_linewidth() for line in ax.get_lines()
+              if not line.get_label().startswith("_")}
+    assert widths["frod_factored"] > widths["merged_loop"] and \
+        widths["frod_factored"] > widths["dense3"]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    one = sweep_figure(_doc_with([("frod_factored", {"adapters": 2}, 1.2),
+                                  ("dense3", {"adapters": 2}, 1.0)]),
+                       "adapters", "adapters", y="ratio_to_3gemm_floor", logy=True)
+    assert one.axes[0].get_xscale() == "linear"
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_replot_renames_old_fields_and_redraws(tiny_runs, tmp_path):
+    """``python -m bench.replot`` brings a file written before the renaming to the current
+    field names and redraws its plots with the current code."""
+    import shutil
+    from bench.replot import main as replot_main
+    src = tiny_runs["layer"]
+    doc = json.loads(src.read_text())
+    for m in doc["measurements"]:               # as the files of 2026-11-23 named them
+        if "ratio_to_base_gemm" in m:
+            m["ratio_to_floor"] = m.pop("ratio_to_base_gemm")
+            m["ratio_to_dense3"] = m.pop("ratio_to_3gemm_floor")
+    doc["headline"] = {k.replace("_vs_base_gemm", "_vs_floor").replace("_vs_3gemm_floor",
+                                                                        "_vs_dense3"): v
+                       for k, v in doc["headline"].items()}
+    old = tmp_path / src.name
+    old.write_text(json.dumps(doc))
+    assert replot_main([str(old)]) == 0
+    new = R.load(old)
+    measured = [m for m in new["measurements"] if "skipped" not in m]
+    assert all("ratio_to_3gemm_floor" in m and "ratio_to_floor" not in m for m in measured)
+    assert "frod_factored_vs_3gemm_floor" in new["headline"]
+    assert new["plots"] and all((tmp_path / p).is_file() for p in new["plots"])
+    shutil.rmtree(tmp_path)

@@ -4,27 +4,19 @@ trip through the real ``frod-rt serve`` process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
+from serve_process import child_env, serve_process
 
-import frod_rt
 from frod_rt.cli import main
 from frod_rt.engine import Engine
 from frod_rt.engine.toy import random_adapter, save_toy_model, toy_llama, toy_tokenizer
 from frod_rt.method import read_adapter
-from frod_rt.server import free_port
 
-# the child processes import the same frod_rt as this one (installed or in-tree)
-PYTHON_DIR = str(Path(frod_rt.__file__).resolve().parents[1])
-COMMANDS = ["decompose", "train", "inspect", "generate", "serve"]
+COMMANDS = ["decompose", "train", "inspect", "generate", "serve", "import", "export"]
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +34,6 @@ def toy(tmp_path_factory):
             {"text": "once upon a time there was a small model ."}]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return {"root": root, "base": base, "cache": cache, "adapter": adapter, "data": data}
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYTHON_DIR + (os.pathsep + env["PYTHONPATH"]
-                                      if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _bad(capsys, argv, *words):
@@ -118,7 +103,7 @@ def test_bad_input_exit_2(toy, capsys, tmp_path):
 def test_console_entry_point_bad_input(tmp_path):
     """The real process: exit code 2, one line on stderr, no traceback."""
     p = subprocess.run([sys.executable, "-m", "frod_rt.cli", "inspect", str(tmp_path / "x")],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+                       capture_output=True, text=True, env=child_env(), timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
         f"frod-rt inspect: error: adapter directory not found: {tmp_path / 'x'}"]
@@ -129,7 +114,9 @@ def test_decompose_json(toy, capsys):
                "--cache-dir", str(toy["cache"]), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["fingerprint"]) == 64
+    assert len(out["fingerprint"]) == 64 and out["decomposition_fingerprint"] == out["fingerprint"]
+    assert len(out["base_fingerprint"]) == 64 and out["base_fingerprint"] != out["fingerprint"]
+    assert out["basis"] == "frod_rt" and out["seconds"] >= 0
     assert out["layers"] == 4 and len(out["categories"]) == 2
     for c in out["categories"]:
         assert c["max_rel_error"] < 1e-5          # float32 storage of an exact factorisation
@@ -191,24 +178,9 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
     _bad(capsys, ["train", str(toy["base"]), "--data", str(toy["data"]), "--out", str(out)],
          "--overwrite")
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "frod_rt.cli", "serve", "--base", str(toy["base"]),
-           "--adapter", f"tuned={out}", "--port", str(port), "--cache-dir", str(toy["cache"]),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "frod-rt serve did not come up"
-            time.sleep(0.3)
+    args = ["--base", str(toy["base"]), "--adapter", f"tuned={out}",
+            "--cache-dir", str(toy["cache"]), "--log-level", "warning"]
+    with serve_process(args) as (proc, url):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "tuned"]
         texts = {}
@@ -222,15 +194,8 @@ def test_train_then_serve_round_trip(toy, capsys, tmp_path):
         ref = eng.generate("the quick brown fox", adapter="tuned", max_tokens=8,
                            ignore_eos=True)[0]
         assert texts["tuned"] == ref.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
     err = proc.stderr.read()
-    assert rc == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
+    assert proc.returncode == 0, err[-2000:]                  # SIGTERM = graceful shutdown, exit 0
     assert "Traceback" not in err
     assert "frod-rt serve: stopped" in proc.stdout.read()
 

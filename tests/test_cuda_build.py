@@ -37,12 +37,13 @@ def test_cuda_kernels_built_when_toolchain_present():
     assert _C.with_cuda, "nvcc and nvidia-cutlass are present but frod_rt._C has no CUDA kernels"
     assert frod_rt.cuda_kernels_built()
     for name in ("gemm", "frod_linear_fused", "frod_linear_replace", "segment_gemm",
-                 "rotate_validate", "rotate_forward_scaled"):
+                 "rotate_forward", "rotate_backward", "build_pattern_plan"):
         assert hasattr(_C, name), f"frod_rt._C lacks the CUDA binding {name}"
 
 
-def _fatbin_cubins(path: str) -> set[int]:
-    """SM versions of the ELF cubins embedded in a shared object's CUDA fat binaries.
+def _fatbin_cubins(path: str, kind_wanted: int = 2) -> set[int]:
+    """SM versions of the ELF cubins (kind 2; PTX: kind 1) embedded in a shared object's CUDA
+    fat binaries.
 
     Fat binary layout (as written by nvcc's fatbinary): a header (magic 0xBA55ED50, u16 version,
     u16 header size, u64 payload size) followed by entries (u16 kind: 1 PTX / 2 ELF, u16, u32
@@ -59,7 +60,7 @@ def _fatbin_cubins(path: str) -> set[int]:
             kind, _, ehsize, psize = struct.unpack_from("<HHIQ", data, p)
             if ehsize == 0:
                 break
-            if kind == 2:
+            if kind == kind_wanted:
                 sms.add(struct.unpack_from("<I", data, p + 28)[0])
             p += ehsize + psize
         pos = data.find(magic, pos + 4)
@@ -72,9 +73,13 @@ def test_cuda_binary_has_code_for_every_architecture():
     archs = [a for a in _C.cuda_architectures.split(",") if a]
     assert archs, "no CUDA architectures recorded"
     sms = _fatbin_cubins(_C.__file__)
+    ptx = _fatbin_cubins(_C.__file__, kind_wanted=1)
     for arch in archs:
         sm = int("".join(ch for ch in arch.split("-")[0] if ch.isdigit()))
-        assert sm in sms, f"no sm_{sm} cubin in {_C.__file__} (found {sorted(sms)})"
+        if arch.endswith("-virtual"):  # PTX only, JIT-compiled on newer GPUs
+            assert sm in ptx, f"no compute_{sm} PTX in {_C.__file__} (found {sorted(ptx)})"
+        else:
+            assert sm in sms, f"no sm_{sm} cubin in {_C.__file__} (found {sorted(sms)})"
     families = set(_C.cutlass_gemm_families())
     if any(a.startswith("90a") for a in archs):
         assert "sm90a_cutlass3x" in families

@@ -70,3 +70,17 @@ def test_grouped_opcheck(gen):
     x, w, b, indptr, slot = _problem(gen, torch.float16, [3, 9, 2], [1, 0, -1])
     torch.library.opcheck(torch.ops.frod_rt.grouped_gemm.default,
                           tuple(t.cuda() for t in (x, w, b, indptr, slot)))
+
+
+def test_grouped_accepts_views(gen):
+    """Strided views of every argument give the contiguous result (issue 12 item 4)."""
+    x, w, b, indptr, slot = (t.cuda() for t in _problem(gen, torch.bfloat16, [5, 0, 13, 1],
+                                                         [0, 2, 1, -1]))
+    want = grouped_gemm(x, w, b, indptr, slot)
+    args = [x, w, b, indptr, slot]
+    for i in range(len(args)):
+        t = args[i]
+        wide = torch.zeros((*t.shape[:-1], 2 * t.shape[-1] + 1), dtype=t.dtype, device=t.device)
+        wide[..., 1::2][..., : t.shape[-1]] = t
+        got = grouped_gemm(*args[:i], wide[..., 1::2][..., : t.shape[-1]], *args[i + 1:])
+        assert torch.equal(got, want), i

@@ -161,3 +161,58 @@ def test_gemm_and_fused_are_batch_invariant(gen, dtype):
     ys = fused_frod_linear(c["x"][lo:hi].contiguous(), vt, wu, c["b"], one,
                            c["adapter"][2:3].contiguous(), *rot)
     assert torch.equal(yf[lo:hi], ys)
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """A non-contiguous view with t's values (every other element of a wider buffer)."""
+    wide = torch.zeros((*t.shape[:-1], 2 * t.shape[-1] + 1), dtype=t.dtype, device=t.device)
+    wide[..., 1::2][..., : t.shape[-1]] = t
+    return wide[..., 1::2][..., : t.shape[-1]]
+
+
+@pytest.mark.parametrize("op", ["fused", "replace", "cutlass"])
+def test_cuda_linear_ops_accept_views(gen, op):
+    """Strided views of every tensor argument give the contiguous result (issue 12 item 4)."""
+    p = {k: v.cuda() for k, v in _layer(gen, 48, 40, 3, 70, torch.bfloat16, False, "mixed").items()}
+    vt, wu = fused_weights(p["W"], p["V"], p["U"])
+    if op == "fused":
+        names = ["x", "vt", "wu", "b", "indptr", "adapter", "dl", "s", "rows", "cols"]
+        args = dict(zip(names, (p["x"], vt, wu, p["b"], p["indptr"], p["adapter"], p["dl"],
+                                p["s"], p["rows"], p["cols"])))
+        fn = fused_frod_linear
+    elif op == "replace":
+        names = ["x", "vt", "U", "l", "b", "indptr", "adapter", "dl", "s", "rows", "cols"]
+        args = dict(zip(names, (p["x"], vt, p["U"], p["l"], p["b"], p["indptr"], p["adapter"],
+                                p["dl"], p["s"], p["rows"], p["cols"])))
+        fn = replace_frod_linear
+    else:
+        names = ["x", "W", "b"]
+        args = dict(x=p["x"], W=p["W"], b=p["b"])
+        fn = cutlass_linear
+    want = fn(*args.values())
+    for name in names:
+        got = fn(*{**args, name: _strided(args[name])}.values())
+        assert torch.equal(got, want), name
+
+
+def test_unaligned_sizes_fall_back_with_one_warning(gen):
+    """n or out not a multiple of 8: fused / replace warn once and compute the same result on
+    torch GEMMs around the rotation kernel."""
+    import warnings
+    from frod_rt.ops import cuda_linear
+    cuda_linear._fallback_warned.clear()
+    p = _layer(gen, n=37, out=21, A=3, k=50, dtype=torch.float16, per_adapter=False,
+               layout="mixed")
+    c = {k: v.cuda() for k, v in p.items()}
+    vt, wu = fused_weights(c["W"], c["V"], c["U"])
+    rot = (c["indptr"], c["adapter"], c["dl"], c["s"], c["rows"], c["cols"])
+    with pytest.warns(RuntimeWarning, match="multiples of 8"):
+        y = fused_frod_linear(c["x"], vt, wu, c["b"], *rot)
+    assert rel_err(y, _ref(p)) < REL_TOL[torch.float16] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused_frod_linear(c["x"], vt, wu, c["b"], *rot)          # warned once only
+    with pytest.warns(RuntimeWarning, match="multiples of 8"):
+        yr = replace_frod_linear(c["x"], vt, c["U"], c["l"], c["b"], *rot)
+    adapted = torch.repeat_interleave(p["adapter"], torch.diff(p["indptr"]).long()) >= 0
+    assert rel_err(yr[adapted.cuda()], _ref(p)[adapted]) < REL_TOL[torch.float16] * 4

@@ -136,7 +136,7 @@ def test_cache_roundtrip_and_fingerprint(tmp_path):
     d3 = decompose(model, ["q_proj", "v_proj"], cache_dir=tmp_path, progress=False)
     for k in d1.categories:
         assert torch.equal(d1.categories[k].V, d3.categories[k].V)
-    # more targets: same category fingerprints, different base fingerprint
+    # more targets: same category fingerprints, different decomposition fingerprint
     d4 = decompose(model, ["q_proj", "v_proj", "k_proj"], cache_dir=tmp_path, progress=False)
     assert d4.fingerprint != d1.fingerprint
     for k, c in d1.categories.items():

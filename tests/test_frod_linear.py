@@ -69,3 +69,50 @@ def test_inference_path_equals_grad_path():
     x = p.z.clone().requires_grad_()
     y1 = frod_linear(x, W, b, V, U, *p.args()[1:])
     assert torch.allclose(y0, y1.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_slot_table_with_patterns_of_different_k(dtype):
+    """frod_linear(table=...) with per-slot patterns of different k equals the dense
+    reference of each slot's own pattern, forward and gradients (padding values get none)."""
+    from frod_problems import random_pattern
+    from frod_rt.ops import plan_of, table_of_plans
+    g = torch.Generator().manual_seed(12)
+    n, out, A = 29, 17, 3
+    W, b, V, U = _layer(n, out, dtype)
+    pats = [random_pattern(n, k, g) for k in (11, 40, 5)]
+    plans = [plan_of(r, c, n) for r, c in pats]
+    table = table_of_plans(plans, n, "cpu")
+    assert table_of_plans(plans, n, "cpu") is table
+    x = torch.randn(23, n, generator=g, dtype=torch.float64).to(dtype)
+    dl = (0.3 * torch.randn(A, n, generator=g, dtype=torch.float64)).to(dtype)
+    s_list = [(0.3 * torch.randn(r.shape[0], generator=g, dtype=torch.float64)).to(dtype)
+              .requires_grad_() for r, _ in pats]
+    indptr = torch.tensor([0, 5, 6, 7, 15, 23], dtype=torch.int32)
+    seg = torch.tensor([2, 0, 1, -1, 1], dtype=torch.int32)
+    s = torch.stack([torch.nn.functional.pad(v, (0, 40 - v.shape[0])) for v in s_list])
+    y = frod_linear(x, W, b, V, U, indptr, seg, dl, s, table=table)
+    y.square().sum().backward()
+    ids = torch.repeat_interleave(seg, torch.diff(indptr).long())
+    want = torch.empty(23, out, dtype=torch.float64)
+    for t in range(23):
+        a = int(ids[t])
+        Wt = W.double()
+        if a >= 0:
+            M = torch.diag(dl[a].double())
+            r, c = pats[a]
+            M = M.index_put((r.long(), c.long()), s_list[a].detach().double(), accumulate=True)
+            Wt = Wt + U.double() @ M @ V.double().T
+        want[t] = x[t].double() @ Wt.T + b.double()
+    assert rel_err(y, want) < TOL[dtype] * 10
+    for a, v in enumerate(s_list):  # gradient of each slot's own entries only
+        ref_s = v.detach().double().clone().requires_grad_()
+        rows_a = ids == a
+        M = torch.diag(dl[a].double())
+        r, c = pats[a]
+        M = M.index_put((r.long(), c.long()), ref_s, accumulate=True)
+        ya = x[rows_a].double() @ (W.double() + U.double() @ M @ V.double().T).T + b.double()
+        ya.square().sum().backward()
+        assert rel_err(v.grad, ref_s.grad) < TOL[dtype] * 10, a
+    with pytest.raises(ValueError, match="either rows/cols or table"):
+        frod_linear(x, W, b, V, U, indptr, seg, dl, s, pats[0][0], pats[0][1], table=table)

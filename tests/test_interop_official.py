@@ -210,3 +210,36 @@ def test_bad_inputs(tmp_path, monkeypatch):
             p.normal_(0, 0.05)
     with pytest.raises(AdapterError, match="another base"):
         import_official(adir, other, pdir, trust_pickle=True)
+
+
+def test_official_import_in_its_own_basis_is_served_by_the_engine(ids, tmp_path, monkeypatch):
+    """An official checkpoint imported exactly (``basis="file"``) and saved with its basis
+    (``res.save``) is served by the engine: per-token hidden states pooled by ``embed`` equal
+    those of the official forward."""
+    from frod_rt.engine import Engine
+    monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
+    base = _bert()
+    adir, pdir, state = _official_checkpoint(base, tmp_path)
+    ref = _hidden(_official_forward_model(base, state), ids)
+    res = import_official(adir, base, pdir, trust_pickle=True, basis="file")
+    res.save(tmp_path / "served")
+    assert (tmp_path / "served" / "decomposition" / "decomposition.json").is_file()
+    eng = Engine.load(copy.deepcopy(base), adapters={"off": tmp_path / "served"},
+                      cache_dir=tmp_path / "cache")
+    got = eng.embed(ids.tolist(), adapter="off", normalize=False)
+    torch.testing.assert_close(got, ref.mean(1), rtol=1e-4, atol=1e-5)
+    plain = eng.embed(ids.tolist(), normalize=False)
+    assert float((plain - ref.mean(1)).abs().max()) > 1e-3
+    # a basis saved with an adapter must reconstruct this base's weights
+    with pytest.raises(AdapterError, match="does not reconstruct .* belongs to another base"):
+        Engine.load(_other_bert(), adapters={"off": tmp_path / "served"},
+                    cache_dir=tmp_path / "cache")
+    eng.close()
+
+
+def _other_bert():
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(3)
+    return BertModel(BertConfig(hidden_size=40, num_hidden_layers=3, num_attention_heads=4,
+                                intermediate_size=72, vocab_size=97,
+                                max_position_embeddings=32)).eval()

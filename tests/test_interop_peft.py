@@ -22,6 +22,8 @@ from frod_rt.method import AdapterError  # noqa: E402
 from frod_rt.interop import export_peft, import_peft  # noqa: E402
 from frod_rt.interop._foreign import foreign_split  # noqa: E402
 
+from frod_models import trained_peft  # noqa: E402
+
 BERT_TARGETS = ["query", "value", "intermediate.dense", "output.dense"]
 LLAMA_TARGETS = ["q_proj", "k_proj", "o_proj", "up_proj", "down_proj"]
 
@@ -54,18 +56,7 @@ def _hidden(model, ids):
 def _trained_peft(base, targets, rate=0.05, seed=0):
     """A PEFT FRoD model with trained-like values: lambda_l = l0 * (1 + 0.2 N(0,1)),
     s ~ 0.1 * mean(l0) * N(0,1)."""
-    pm = get_peft_model(copy.deepcopy(base), PeftFrodConfig(target_modules=targets,
-                                                            sparse_rate=rate, progressbar=False))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in pm.modules():
-            if hasattr(mod, "frod_lambda_l") and "default" in mod.frod_lambda_l:
-                lam = mod.frod_lambda_l["default"]
-                scale = float(lam.abs().mean())
-                lam.mul_(1 + 0.2 * torch.randn(lam.shape, generator=g))
-                s = mod.frod_lambda_s_values["default"]
-                s.copy_(0.1 * scale * torch.randn(s.shape, generator=g))
-    return pm.eval()
+    return trained_peft(base, targets, rate, seed)
 
 
 def _frod_with(base, imported):

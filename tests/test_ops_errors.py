@@ -10,6 +10,7 @@ from frod_problems import make_problem
 from frod_rt import _C
 from frod_rt._core import view
 from frod_rt.ops import frod_linear, rotate_segments, segments_from_ids
+from frod_rt.ops.plans import table_for_pattern
 
 
 @pytest.fixture
@@ -82,25 +83,30 @@ def test_device_mismatch_named(p):
         _call(p, dl=meta)
 
 
+def _table_views(p):
+    table = table_for_pattern(p.rows, p.cols, p.z.shape[1], p.dl.shape[0])
+    return [view(t) for t in table.tensors()]
+
+
 def test_backward_checks_grad_shape(p):
     """The C++ layer validates too: calling the binding directly with a wrong grad shape."""
     gh = torch.zeros(p.z.shape[0], p.z.shape[1] + 1)
     with pytest.raises(ValueError, match=re.escape("grad_h: expected shape (131, 67)")):
         _C.rotate_backward(view(p.z), view(gh), view(p.seg_indptr), view(p.seg_adapter),
-                           view(p.dl), view(p.s), view(p.rows), view(p.cols))
+                           view(p.dl), view(p.s), *_table_views(p))
 
 
 def test_binding_rejects_wrong_h_dtype(p):
     h = torch.empty(p.z.shape, dtype=torch.float64)
     with pytest.raises(TypeError, match="h: expected dtype float32"):
         _C.rotate_forward(view(p.z), view(p.seg_indptr), view(p.seg_adapter), view(p.dl),
-                          view(p.s), view(p.rows), view(p.cols), view(h))
+                          view(p.s), *_table_views(p), view(h))
 
 
 def test_binding_rejects_garbage_descriptor(p):
     with pytest.raises(TypeError):
         _C.rotate_forward("nope", view(p.seg_indptr), view(p.seg_adapter), view(p.dl),
-                          view(p.s), view(p.rows), view(p.cols), view(p.z))
+                          view(p.s), *_table_views(p), view(p.z))
 
 
 def test_segments_from_ids_errors():

@@ -311,11 +311,14 @@ def test_openai_client_raises_typed_errors(client):
 def test_health_and_metrics(server):
     h = httpx.get(server.url + "/health")
     assert h.status_code == 200 and h.json()["status"] == "ok"
+    from prometheus_client.parser import text_string_to_metric_families
     text = httpx.get(server.url + "/metrics").text
-    for name in ("requests_total", "generation_tokens_total", "generation_tokens_per_second",
-                 "queue_depth", "adapters_loaded", "adapter_evictions_total",
-                 "requests_rejected_total"):
-        assert f"# TYPE frod_rt_{name} " in text, name
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    for name, typ in (("requests", "counter"), ("generation_tokens", "counter"),
+                      ("generation_tokens_per_second", "gauge"), ("queue_depth", "gauge"),
+                      ("adapters_loaded", "gauge"), ("adapter_evictions", "counter"),
+                      ("requests_rejected", "counter")):
+        assert types.get(f"frod_rt_{name}") == typ, name
     assert _metric(server, "queue_depth") == 0
 
 

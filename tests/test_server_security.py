@@ -213,16 +213,17 @@ def test_bind_warning():
     assert bind_warning("192.168.1.5", None)
 
 
-def test_serve_without_server_extra_says_what_to_install(toy, monkeypatch, capsys):
+@pytest.mark.parametrize("dep", ["fastapi", "prometheus_client"])
+def test_serve_without_server_extra_says_what_to_install(toy, monkeypatch, capsys, dep):
     for mod in list(sys.modules):
-        if mod == "fastapi" or mod.startswith("fastapi.") or mod.startswith("frod_rt.server"):
+        if mod == dep or mod.startswith(dep + ".") or mod.startswith("frod_rt.server"):
             monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setitem(sys.modules, "fastapi", None)       # import fastapi -> ImportError
+    monkeypatch.setitem(sys.modules, dep, None)             # import <dep> -> ImportError
     monkeypatch.delattr(sys.modules["frod_rt"], "server", raising=False)
     rc = main(["serve", "--base", str(toy["base"]), "--port", "1"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "pip install 'frod-rt[serve]'" in err and "fastapi" in err
+    assert "pip install 'frod-rt[serve]'" in err and dep in err
     assert "Traceback" not in err
 
 

@@ -43,8 +43,9 @@ if(NOT FROD_CUTLASS_DIR OR NOT EXISTS "${FROD_CUTLASS_DIR}/include/cutlass/cutla
 endif()
 
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-  # Ampere (sm_80) and Hopper (sm_90a: wgmma / TMA kernels).
-  set(CMAKE_CUDA_ARCHITECTURES "80-real;90a-real")
+  # Ampere (sm_80) and Hopper (sm_90a: wgmma / TMA kernels) as cubins, plus compute_90 PTX
+  # for the portable kernels (rotation, grouped GEMM) so newer GPUs JIT them.
+  set(CMAKE_CUDA_ARCHITECTURES "80-real;90a-real;90-virtual")
 endif()
 enable_language(CUDA)
 set(CMAKE_CUDA_STANDARD 17)

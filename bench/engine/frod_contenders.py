@@ -19,15 +19,17 @@ def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Pat
     ``category_mode``. Returns ({name: dir}, seconds)."""
     from frod_rt.method import (AdapterConfig, AdapterFile, LayerDelta, decompose,
                                 pattern_size, write_adapter)
+    from frod_rt.method.adapter_io import FORMAT_VERSION, base_fields
     t0 = time.perf_counter()
     d = decompose(base, list(targets), cache_dir=folder / "decomposition-cache", progress=False,
                   category_mode=category_mode)
     cats = {key: {"out": c.out_features, "in": c.in_features,
                   "k": pattern_size(c.in_features, sparse_rate), "layers": list(c.layers),
                   "fingerprint": c.fingerprint} for key, c in d.categories.items()}
-    cfg = AdapterConfig(format_version=1, base_fingerprint=d.fingerprint,
+    cfg = AdapterConfig(format_version=FORMAT_VERSION, decomposition_fingerprint=d.fingerprint,
                         target_modules=list(targets), sparse_rate=sparse_rate, seed=0,
-                        alpha=d.alpha, categories=cats, extra={"made_by": "bench"})
+                        alpha=d.alpha, categories=cats, extra={"made_by": "bench"},
+                        **base_fields(d))
     g = torch.Generator().manual_seed(seed)
     paths = {}
     for i in range(num_adapters):
@@ -38,7 +40,7 @@ def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Pat
                 layers[name] = LayerDelta(dl=scale * torch.randn(c.in_features, generator=g),
                                           s=scale * torch.randn(k, generator=g))
         name = f"a{i}"
-        write_adapter(folder / name, AdapterFile(name, cfg, layers))
+        write_adapter(AdapterFile(name, cfg, layers), folder / name)
         paths[name] = folder / name
     return paths, time.perf_counter() - t0
 

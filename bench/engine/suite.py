@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..plots import sweep_plot
+from ..plots import model_label, sweep_plot
 from ..timing import summarize
 from ..train.memory import module_bytes
 from . import frod_contenders as fc
@@ -121,20 +121,32 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
         _one_count(results, base, N, wls, st, device, tmp, max_len, base_server)
         gc.collect()
     _headline(results, st)
+    plots(results, out_dir)
+
+
+def plots(results, out_dir: Path) -> None:
+    """The engine suite's PNGs, from the measurements in ``results`` (also ``bench.replot``)."""
+    st = results.doc["settings"]
     stem = results.stem()
     base_tps = results.find("base", "frod_base")
+    fixed = {"model": model_label(st.get("model")),
+             "requests": st["requests"], "prompt": st["prompt_len"],
+             "generated": st["max_tokens"], "sparse_rate": st["sparse_rate"]}
     for pop in st["popularity"]:
         sweep_plot(results, pop, "adapters", out_dir / f"{stem}-{pop}-tokens_per_s.png",
                    ylabel="generated tokens/s (median, q1..q3)", logy=True,
-                   title=f"engine, {pop} popularity ({device}); dashed: frod_rt base model alone",
-                   hline=base_tps["median"] if base_tps else None)
+                   title=f"engine throughput over resident adapters, {pop} popularity",
+                   hline=base_tps["median"] if base_tps else None,
+                   hline_label="frod_rt, base model alone", fixed=fixed)
         sweep_plot(results, pop, "adapters", out_dir / f"{stem}-{pop}-latency_p99.png",
-                   y="latency_p99_s", ylabel="p99 request latency (s)", logy=True)
-        if base_server is not None:
+                   y="latency_p99_s", ylabel="p99 request latency (s)", logy=True,
+                   title=f"engine p99 latency over resident adapters, {pop} popularity",
+                   fixed=fixed)
+        if st.get("base_every_round"):
             sweep_plot(results, pop, "adapters", out_dir / f"{stem}-{pop}-vs_base.png",
                        y="vs_frod_base", ylabel="tokens/s / engine base tokens/s (per round)",
                        title=f"engine, {pop}: throughput relative to the engine serving the base",
-                       hline=1.0)
+                       hline=1.0, fixed=fixed)
 
 
 def _one_count(results, base, N: int, wls: dict, st: dict, device: str, tmp: Path,

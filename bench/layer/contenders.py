@@ -2,8 +2,9 @@
 zero-argument callable computing ``Y (T, out)`` for all rows; work a server would do once
 (storing ``l + dl``, materialising hot weights) happens in the builder, untimed.
 
-    base_gemm       X W^T alone: the floor every ratio is taken against
-    dense3          X W^T + (X V) U^T: the three dense GEMMs of the factored form, no rotation
+    base_gemm       X W^T alone: the single base GEMM (``ratio_to_base_gemm``)
+    dense3          X W^T + (X V) U^T: the three dense GEMMs of the factored form, no rotation:
+                    the 3-GEMM floor (``ratio_to_3gemm_floor``; the README's 1.15x goal)
     frod_factored   frod_rt.ops.frod_linear (3 shared GEMMs + per-segment rotation kernel)
     frod_replace    (Z*(l+dl) + S Z) U^T via frod_rt.ops.rotate_segments: 2 GEMMs, all rows adapted
     torch_loop      the factored math in plain torch, one index_add per adapter segment

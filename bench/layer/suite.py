@@ -1,6 +1,8 @@
 """Layer suite: sweep adapters in the batch, tokens, hidden size and sparse rate for one adapted
-linear layer; time every contender and report it as a ratio to the base GEMM (``floor``) and to
-the 3-GEMM dense floor (``dense3``). Contenders are sampled round-robin and each ratio is the
+linear layer; time every contender and report it as a ratio to the single base GEMM
+(``ratio_to_base_gemm``: ``X W^T`` alone) and to the 3-GEMM floor of the factored form
+(``ratio_to_3gemm_floor``: the ``dense3`` contender, the floor the README's 1.15x goal is
+measured against). Contenders are sampled round-robin and each ratio is the
 median of per-repeat ratios, which keeps ratios usable on a machine shared with other jobs."""
 from __future__ import annotations
 
@@ -104,28 +106,36 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
         if key not in cache:
             cache[key] = _measure_config(params, st, device)
         got = cache[key]
-        floor = got["base_gemm"][1]["repeats"]
+        base = got["base_gemm"][1]["repeats"]
         d3 = got["dense3"][1]["repeats"]
         for name, res in got.items():
             if res[0] == "skip":
                 results.skip(sweep, name, params, res[1])
                 continue
             _, stats, err = res
-            extra = {"ratio_to_floor": _paired_ratio(stats["repeats"], floor),
-                     "ratio_to_dense3": _paired_ratio(stats["repeats"], d3),
+            extra = {"ratio_to_base_gemm": _paired_ratio(stats["repeats"], base),
+                     "ratio_to_3gemm_floor": _paired_ratio(stats["repeats"], d3),
                      "inner_calls": stats["inner"]}
             if err is not None:
                 extra["rel_err_vs_reference"] = err
             results.add(sweep, name, params, stats, metric="seconds_per_call", unit="s", **extra)
     _headline(results, st)
+    plots(results, out_dir)
+
+
+def plots(results, out_dir: Path) -> None:
+    """The layer suite's PNGs, from the measurements in ``results`` (also ``bench.replot``)."""
     stem = results.stem()
     for sweep, x in (("adapters", "adapters"), ("tokens", "tokens"), ("hidden", "hidden"),
                      ("sparse_rate", "sparse_rate")):
-        sweep_plot(results, sweep, x, out_dir / f"{stem}-{sweep}-ratio.png", y="ratio_to_floor",
-                   ylabel="time / base GEMM time", logy=True, hline=1.0,
+        sweep_plot(results, sweep, x, out_dir / f"{stem}-{sweep}-ratio.png",
+                   y="ratio_to_3gemm_floor", ylabel="time / 3-GEMM floor (dense3)", logy=True,
+                   hline=1.15, hline_label="goal: frod_factored <= 1.15x the 3-GEMM floor",
+                   title=f"one adapted layer: time relative to the 3-GEMM floor, over {x}",
                    logx=(x != "sparse_rate"))
     sweep_plot(results, "adapters", "adapters", out_dir / f"{stem}-adapters-ms.png",
-               scale=1e3, ylabel="ms per call (median, q1..q3)", logy=True)
+               scale=1e3, ylabel="ms per call (median, q1..q3)", logy=True,
+               title="one adapted layer: time per call over adapters in the batch")
 
 
 def _paired_ratio(xs: list[float], ys: list[float]) -> float:
@@ -141,7 +151,8 @@ def _headline(results, st: dict) -> None:
     for name in CONTENDERS:
         m = results.find("adapters", name, adapters=a)
         if m is not None:
-            h[f"{name}_vs_floor"] = round(m["ratio_to_floor"], 4)
-            h[f"{name}_vs_dense3"] = round(m["ratio_to_dense3"], 4)
-    h["goal"] = "frod_factored <= 1.15x floor (reported, never asserted)"
+            h[f"{name}_vs_base_gemm"] = round(m["ratio_to_base_gemm"], 4)
+            h[f"{name}_vs_3gemm_floor"] = round(m["ratio_to_3gemm_floor"], 4)
+    h["goal"] = ("frod_factored_vs_3gemm_floor <= 1.15 (the 3 dense GEMMs X W^T, X V, H U^T "
+                 "without the rotation; reported, never asserted)")
     results.doc["headline"] = h

@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..engine.model import describe, make_base
-from ..plots import sweep_plot
+from ..plots import model_label, sweep_plot
 from ..timing import summarize
 from .contenders import CONTENDERS, batches
 
@@ -55,11 +55,21 @@ def run(results, device: str, mode: str, out_dir: Path) -> None:
                         loss_last=out["loss_last"])
     _minilm_vs_lora(results, st["minilm"], device)
     _headline(results, st)
+    plots(results, out_dir)
+
+
+def plots(results, out_dir: Path) -> None:
+    """The train suite's PNGs, from the measurements in ``results`` (also ``bench.replot``)."""
+    st = results.doc["settings"]
     stem = results.stem()
+    fixed = {"model": model_label(st.get("model")),
+             "steps": st["steps"], "sparse_rate": st["sparse_rate"]}
     sweep_plot(results, "adapters", "adapters", out_dir / f"{stem}-adapter_steps_per_s.png",
-               ylabel="adapter-steps/s (median, q1..q3)", logy=True)
+               ylabel="adapter-steps/s (median, q1..q3)", logy=True, fixed=fixed,
+               title="training throughput over adapters trained at once")
     sweep_plot(results, "adapters", "adapters", out_dir / f"{stem}-model_mb.png", y="model_mb",
-               ylabel="model parameters + buffers (MiB)", logy=True)
+               ylabel="model parameters + buffers (MiB)", logy=True, fixed=fixed,
+               title="model memory over adapters trained at once")
 
 
 def _minilm_vs_lora(results, mst: dict | None, device: str) -> None:

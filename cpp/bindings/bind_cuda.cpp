@@ -1,6 +1,6 @@
 // Python bindings of the CUDA-only ops: dense CUTLASS GEMM, the fused / replace FRoD linear
-// forms, the segment-grouped GEMM of merged hot adapters, and the device-side index check of
-// the rotation. (rotate_forward / rotate_backward dispatch to CUDA in bind_rotate.cpp.)
+// forms and the segment-grouped GEMM of merged hot adapters.
+// (rotate_forward / rotate_backward dispatch to CUDA in bind_rotate.cpp.)
 // Every op checks devices, dtypes, shapes and strides here and names the Python argument.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
@@ -13,6 +13,7 @@
 #include "frod/grouped_gemm_cuda.h"
 #include "frod/linear_cuda.h"
 #include "frod/rotate_cuda.h"
+#include "device_guard.h"
 #include "rotate_args.h"
 #include "tensor_arg.h"
 
@@ -20,24 +21,6 @@ namespace py = pybind11;
 
 namespace frod::bind {
 namespace {
-
-/// Makes `device` current for the scope of one call (tensors may live on any GPU).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int32_t device) {
-    if (cudaGetDevice(&prev_) != cudaSuccess) prev_ = -1;
-    if (prev_ != device) {
-      if (cudaSetDevice(device) != cudaSuccess)
-        throw std::runtime_error(concat("cannot select CUDA device ", device));
-    }
-  }
-  ~DeviceGuard() {
-    if (prev_ >= 0) cudaSetDevice(prev_);
-  }
-
- private:
-  int prev_ = -1;
-};
 
 void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
 
@@ -93,20 +76,26 @@ void gemm(const TensorView& a, const TensorView& b, const std::optional<TensorVi
   gemm_tn_cuda(p, as_stream(stream));
 }
 
-RotateProblem rotation(const TensorView& z, const TensorView& seg_indptr,
-                       const TensorView& seg_adapter, const TensorView& dl, const TensorView& s,
-                       const TensorView& rows, const TensorView& cols) {
-  const RotateViews v{z, seg_indptr, seg_adapter, dl, s, rows, cols};
-  return make_problem(v, DeviceType::cuda, DeviceType::cuda, 1);
+/// The rotation arguments of the fused / replace forms: segments, tables and plan table.
+struct RotationArgs {
+  TensorView seg_indptr, seg_adapter, dl, s, slot_plan, plan_meta, plan_ptr, plan_idx;
+};
+
+RotateProblem rotation(const TensorView& z, const RotationArgs& r) {
+  const RotateViews v{z, r.seg_indptr, r.seg_adapter, r.dl, r.s, r.slot_plan, r.plan_meta,
+                      r.plan_ptr, r.plan_idx};
+  return make_problem(v, DeviceType::cuda, 1);
 }
 
 void linear_fused(const TensorView& xh, const TensorView& vt, const TensorView& wu,
                   const std::optional<TensorView>& bias, const TensorView& seg_indptr,
                   const TensorView& seg_adapter, const TensorView& dl, const TensorView& s,
-                  const TensorView& rows, const TensorView& cols, const TensorView& z,
+                  const TensorView& slot_plan, const TensorView& plan_meta,
+                  const TensorView& plan_ptr, const TensorView& plan_idx, const TensorView& z,
                   const TensorView& y, const std::optional<TensorView>& error_flags,
                   uintptr_t stream) {
-  const RotateProblem r = rotation(z, seg_indptr, seg_adapter, dl, s, rows, cols);
+  const RotateProblem r = rotation(
+      z, {seg_indptr, seg_adapter, dl, s, slot_plan, plan_meta, plan_ptr, plan_idx});
   const int32_t di = z.device_index;
   const int64_t T = r.T, n = r.n;
   FROD_CHECK_ARG(wu.ndim == 2, "wu: expected (out, 2n), got shape ", shape_str(wu));
@@ -131,11 +120,13 @@ void linear_fused(const TensorView& xh, const TensorView& vt, const TensorView& 
 void linear_replace(const TensorView& x, const TensorView& vt, const TensorView& u,
                     const TensorView& l, const std::optional<TensorView>& bias,
                     const TensorView& seg_indptr, const TensorView& seg_adapter,
-                    const TensorView& dl, const TensorView& s, const TensorView& rows,
-                    const TensorView& cols, const TensorView& z, const TensorView& h,
+                    const TensorView& dl, const TensorView& s, const TensorView& slot_plan,
+                    const TensorView& plan_meta, const TensorView& plan_ptr,
+                    const TensorView& plan_idx, const TensorView& z, const TensorView& h,
                     const TensorView& y, const std::optional<TensorView>& error_flags,
                     uintptr_t stream) {
-  const RotateProblem r = rotation(z, seg_indptr, seg_adapter, dl, s, rows, cols);
+  const RotateProblem r = rotation(
+      z, {seg_indptr, seg_adapter, dl, s, slot_plan, plan_meta, plan_ptr, plan_idx});
   const int32_t di = z.device_index;
   const int64_t T = r.T, n = r.n;
   FROD_CHECK_ARG(u.ndim == 2, "u: expected (out, n), got shape ", shape_str(u));
@@ -197,32 +188,6 @@ void segment_gemm(const TensorView& x, const TensorView& weight,
   segment_gemm_cuda(a, as_stream(stream), error_ptr(error_flags));
 }
 
-int32_t rotate_validate(const TensorView& z, const TensorView& seg_indptr,
-                        const TensorView& seg_adapter, const TensorView& dl, const TensorView& s,
-                        const TensorView& rows, const TensorView& cols, uintptr_t stream) {
-  const RotateProblem r = rotation(z, seg_indptr, seg_adapter, dl, s, rows, cols);
-  DeviceGuard guard(z.device_index);
-  py::gil_scoped_release nogil;
-  return rotate_validate_cuda(r, as_stream(stream));
-}
-
-void rotate_forward_scaled(const TensorView& z, const TensorView& seg_indptr,
-                           const TensorView& seg_adapter, const TensorView& dl,
-                           const TensorView& s, const TensorView& rows, const TensorView& cols,
-                           const std::optional<TensorView>& base_scale, const TensorView& h,
-                           const std::optional<TensorView>& error_flags, uintptr_t stream) {
-  const RotateProblem r = rotation(z, seg_indptr, seg_adapter, dl, s, rows, cols);
-  const int32_t di = z.device_index;
-  check_rows_like(h, "h", r, DeviceType::cuda, di);
-  check_vector(base_scale, "base_scale", r.dtype, di, r.n);
-  check_error_word(error_flags, di);
-  DeviceGuard guard(di);
-  py::gil_scoped_release nogil;
-  rotate_forward_cuda(r, z.data, z.stride[0], dl.data, s.data, h.data, h.stride[0],
-                      as_stream(stream), base_scale ? base_scale->data : nullptr,
-                      error_ptr(error_flags));
-}
-
 }  // namespace
 
 void bind_cuda(py::module_& m) {
@@ -237,30 +202,22 @@ void bind_cuda(py::module_& m) {
         py::arg("stream") = 0, "d (M, N) = a (M, K) @ b (N, K)^T + bias (N,). See frod/gemm_cuda.h.");
   m.def("frod_linear_fused", &linear_fused, py::arg("xh"), py::arg("vt"), py::arg("wu"),
         py::arg("bias"), py::arg("seg_indptr"), py::arg("seg_adapter"), py::arg("dl"),
-        py::arg("s"), py::arg("rows"), py::arg("cols"), py::arg("z"), py::arg("y"),
+        py::arg("s"), py::arg("slot_plan"), py::arg("plan_meta"), py::arg("plan_ptr"),
+        py::arg("plan_idx"), py::arg("z"), py::arg("y"),
         py::arg("error_flags") = py::none(), py::arg("stream") = 0,
         "Z = X V; xh[:, n:] = rotate(Z); y = xh @ wu^T + bias, with X = xh[:, :n]. "
         "See frod/linear_cuda.h.");
   m.def("frod_linear_replace", &linear_replace, py::arg("x"), py::arg("vt"), py::arg("u"),
         py::arg("l"), py::arg("bias"), py::arg("seg_indptr"), py::arg("seg_adapter"),
-        py::arg("dl"), py::arg("s"), py::arg("rows"), py::arg("cols"), py::arg("z"),
-        py::arg("h"), py::arg("y"), py::arg("error_flags") = py::none(), py::arg("stream") = 0,
+        py::arg("dl"), py::arg("s"), py::arg("slot_plan"), py::arg("plan_meta"),
+        py::arg("plan_ptr"), py::arg("plan_idx"), py::arg("z"), py::arg("h"), py::arg("y"),
+        py::arg("error_flags") = py::none(), py::arg("stream") = 0,
         "Z = X V; H = Z diag(l + dl_a) + S_a Z; y = H U^T + bias. See frod/linear_cuda.h.");
   m.def("segment_gemm", &segment_gemm, py::arg("x"), py::arg("weight"), py::arg("bias"),
         py::arg("seg_indptr"), py::arg("seg_slot"), py::arg("y"),
         py::arg("error_flags") = py::none(), py::arg("stream") = 0,
         "y[seg g] = x[seg g] @ weight[slot[g]]^T + bias for slot >= 0. "
         "See frod/grouped_gemm_cuda.h.");
-  m.def("rotate_validate", &rotate_validate, py::arg("z"), py::arg("seg_indptr"),
-        py::arg("seg_adapter"), py::arg("dl"), py::arg("s"), py::arg("rows"), py::arg("cols"),
-        py::arg("stream") = 0,
-        "Checks index values on the device (synchronises); returns the error bits "
-        "(1 seg_indptr, 2 seg_adapter, 4 rows/cols), 0 when valid.");
-  m.def("rotate_forward_scaled", &rotate_forward_scaled, py::arg("z"), py::arg("seg_indptr"),
-        py::arg("seg_adapter"), py::arg("dl"), py::arg("s"), py::arg("rows"), py::arg("cols"),
-        py::arg("base_scale"), py::arg("h"), py::arg("error_flags") = py::none(),
-        py::arg("stream") = 0,
-        "h[t] = z[t] * (base_scale + dl[a]) + S_a z[t] (rotation with an extra diagonal).");
 }
 
 }  // namespace frod::bind

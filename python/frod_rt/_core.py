@@ -38,6 +38,16 @@ def view(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), code, dev, t.device.index or 0, tuple(t.shape), t.stride())
 
 
+def contiguous(*tensors: torch.Tensor | None) -> tuple:
+    """Contiguous versions of the tensors (None stays None).
+
+    Callers must bind the results to names that live until the C++ call returns: ``view()``
+    of a temporary keeps only its data pointer, and the copy would be freed (and its memory
+    reused) before the kernel reads it.
+    """
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def stream_of(t: torch.Tensor) -> int:
     """The current CUDA stream handle for ``t``'s device (0 on CPU)."""
     if t.device.type == "cuda":

@@ -1,6 +1,6 @@
 // The multi-adapter FRoD linear layer on CUDA (DESIGN.md section 2), torch-free.
 //
-// A batch of T rows, cut into segments as in frod/rotate.h (rot.seg, rot.pat, dl, s); the
+// A batch of T rows, cut into segments as in frod/rotate.h (rot.seg, rot.plans, dl, s); the
 // layer has n inputs and `out` outputs, base weight W (out, n), bias b (out,) or none, shared
 // basis V (n, n), U (out, n) and scales l (n,) with W = U diag(l) V^T. dtype bfloat16 or
 // float16 (rot.dtype); every GEMM accumulates in float32 (see frod/gemm_cuda.h for the shape
@@ -26,7 +26,7 @@ namespace frod {
 ///     xh[:, n:2n]  = H = rotate(Z)               # per segment, 0 for adapter -1
 ///     Y            = xh @ wu^T + b               # GEMM (T, out, K=2n)  == X W^T + H U^T + b
 struct FusedLinearArgs {
-  RotateProblem rot;  ///< T, n, A, segments, pattern, dtype
+  RotateProblem rot;  ///< T, n, A, kcap, segments, plan table, dtype
   int64_t out = 0;
   void* xh = nullptr;
   int64_t ldxh = 0;

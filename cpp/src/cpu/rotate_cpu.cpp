@@ -38,7 +38,10 @@ void check_data_type(DType t) {
 void check_problem_pointers(const RotateProblem& p) {
   FROD_CHECK_ARG(p.seg.indptr != nullptr, "seg_indptr: null pointer");
   FROD_CHECK_ARG(p.seg.num_segments == 0 || p.seg.adapter != nullptr, "seg_adapter: null pointer");
-  FROD_CHECK_ARG(p.pat.k == 0 || (p.pat.rows && p.pat.cols), "rows/cols: null pointer");
+  const PlanTable& t = p.plans;
+  FROD_CHECK_ARG(p.A == 0 || t.slot_plan != nullptr, "slot_plan: null pointer");
+  FROD_CHECK_ARG(t.num_plans == 0 || (t.meta && t.ptr), "plan table: null pointer");
+  FROD_CHECK_ARG(t.num_entries == 0 || t.idx, "plan table: null entries");
 }
 
 }  // namespace
@@ -74,6 +77,21 @@ void rotate_backward_cpu(const RotateProblem& p, const void* z, int64_t ldz, con
     cpu::avx2::backward(p, plan, z, ldz, dh, lddh, dl, s, dz, lddz, d_dl, d_s);
   else
     cpu::generic::backward(p, plan, z, ldz, dh, lddh, dl, s, dz, lddz, d_dl, d_s);
+}
+
+void validate_segments_cpu(const Segments& s, int64_t T, int64_t A) {
+  FROD_CHECK_ARG(s.indptr != nullptr, "seg_indptr: null pointer");
+  FROD_CHECK_ARG(s.num_segments == 0 || s.adapter != nullptr, "seg_adapter: null pointer");
+  FROD_CHECK_ARG(s.num_segments >= 0, "seg_adapter: negative length");
+  FROD_CHECK_ARG(s.indptr[0] == 0, "seg_indptr[0] must be 0, got ", s.indptr[0]);
+  FROD_CHECK_ARG(s.indptr[s.num_segments] == T, "seg_indptr[-1] must equal the number of rows ",
+                 T, ", got ", s.indptr[s.num_segments]);
+  for (int64_t g = 0; g < s.num_segments; ++g) {
+    FROD_CHECK_ARG(s.indptr[g + 1] >= s.indptr[g], "seg_indptr must be non-decreasing: seg_indptr[",
+                   g, "] = ", s.indptr[g], " > seg_indptr[", g + 1, "] = ", s.indptr[g + 1]);
+    FROD_CHECK_ARG(s.adapter[g] >= -1 && s.adapter[g] < A, "seg_adapter[", g, "] = ",
+                   s.adapter[g], " is out of range [-1, ", A, ")");
+  }
 }
 
 int64_t segments_from_ids_cpu(const int32_t* ids, int64_t T, int64_t num_adapters,

@@ -371,7 +371,7 @@ void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>
     const Tile& t = plan.tiles[i];
     Acc* zt = scratch<Acc>(0, static_cast<size_t>(a.n) * kMaxTileRows);
     Acc* ht = scratch<Acc>(1, static_cast<size_t>(a.n) * kMaxTileRows);
-    const CsrView csr = plan.pattern_of(t.adapter);
+    const CsrView csr = plan.pattern(p, t.plan);
     if (t.adapter == kMixedTile) {
       FROD_DISPATCH_WIDTH(t.width, (forward_mixed_tile<W, In>(a, plan, t, csr, zt, ht)));
     } else {
@@ -389,7 +389,17 @@ void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In
   if (ntiles == 0) return;
   const bool want_grads = a.d_dl != nullptr || a.d_s != nullptr;
   // Tiles ordered by adapter (stable): each adapter's tiles form one contiguous run.
-  std::vector<int32_t> order(static_cast<size_t>(ntiles));
+  // The calling thread's buffers, reused so a warm call does not allocate. Bound to plain
+  // references: inside the OpenMP region a thread_local name would mean each worker's own.
+  thread_local std::vector<int32_t> tl_order, tl_slot_adapter, tl_cut;
+  thread_local std::vector<int64_t> tl_bounds;
+  thread_local std::vector<Acc> tl_slots;
+  std::vector<int32_t>& order = tl_order;
+  std::vector<int64_t>& bounds = tl_bounds;
+  std::vector<Acc>& slots = tl_slots;
+  std::vector<int32_t>& slot_adapter = tl_slot_adapter;
+  std::vector<int32_t>& cut = tl_cut;
+  order.resize(static_cast<size_t>(ntiles));
   for (int64_t i = 0; i < ntiles; ++i) order[i] = static_cast<int32_t>(i);
   std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
     return plan.tiles[x].adapter < plan.tiles[y].adapter;
@@ -397,7 +407,7 @@ void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In
   const double work = static_cast<double>(plan.adapted_rows) * static_cast<double>(n + k);
   const int nt = effective_threads(p.num_threads, ntiles, work);
   // Contiguous chunks of the ordered tiles, balanced by padded rows.
-  std::vector<int64_t> bounds(static_cast<size_t>(nt) + 1, ntiles);
+  bounds.assign(static_cast<size_t>(nt) + 1, ntiles);
   {
     int64_t total = 0;
     for (const Tile& t : plan.tiles) total += t.width;
@@ -411,8 +421,7 @@ void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In
   }
   // Partial sums of adapters cut by a chunk boundary: slot (chunk, 0 = first / 1 = last).
   const int64_t width = n + k;
-  std::vector<Acc> slots;
-  std::vector<int32_t> slot_adapter(static_cast<size_t>(nt) * 2, -1);
+  slot_adapter.assign(static_cast<size_t>(nt) * 2, -1);
   if (want_grads && nt > 1) slots.assign(static_cast<size_t>(nt) * 2 * width, Acc(0));
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -448,7 +457,7 @@ void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In
         run_start = i;
         if (want_grads) std::fill(local, local + width, Acc(0));
       }
-      const CsrView csr = plan.pattern_of(t.adapter);
+      const CsrView csr = plan.pattern(p, t.plan);
       Acc* acc_dl = a.d_dl ? local : nullptr;
       Acc* acc_s = a.d_s ? local + n : nullptr;
       FROD_DISPATCH_WIDTH(t.width,
@@ -458,7 +467,7 @@ void backward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In
   }
   if (!want_grads || nt <= 1) return;
   // Adapters cut by chunk boundaries: sum their slots in chunk order (deterministic).
-  std::vector<int32_t> cut;
+  cut.clear();
   for (int32_t x : slot_adapter)
     if (x >= 0 && std::find(cut.begin(), cut.end(), x) == cut.end()) cut.push_back(x);
   for (int32_t adapter : cut) {
@@ -485,7 +494,7 @@ Args<In> make_args(const RotateProblem& p, const void* z, int64_t ldz, const voi
                    int64_t lddh, const void* dl, const void* s, void* out, int64_t ldout,
                    void* d_dl, void* d_s) {
   using Acc = typename Scalar<In>::acc;
-  return Args<In>{p.n, p.pat.k, static_cast<const In*>(z), ldz, static_cast<const In*>(dh),
+  return Args<In>{p.n, p.kcap, static_cast<const In*>(z), ldz, static_cast<const In*>(dh),
                   lddh, static_cast<const In*>(dl), static_cast<const In*>(s),
                   static_cast<In*>(out), ldout, static_cast<Acc*>(d_dl),
                   static_cast<Acc*>(d_s)};

@@ -1,4 +1,4 @@
-// Validation of segments and patterns, CSR conversion and tiling (see rotate_plan.h).
+// Validation of segments and slot plans, and the segment-to-tile map (see rotate_plan.h).
 #include "rotate_plan.h"
 
 #include <algorithm>
@@ -7,101 +7,105 @@ namespace frod::cpu {
 
 namespace {
 
-std::string entry_name(const char* what, int64_t adapter, int64_t j) {
-  return adapter < 0 ? concat(what, "[", j, "]") : concat(what, "[", adapter, ", ", j, "]");
+int32_t width_for(int64_t rows) {
+  int32_t width = 1;
+  while (width < rows) width <<= 1;
+  return width;
+}
+
+/// Checks slot a's plan against the table and kcap (O(1)).
+void check_slot_plan(const RotateProblem& p, int32_t a) {
+  const PlanTable& t = p.plans;
+  const int32_t pl = t.slot_plan[a];
+  FROD_CHECK_ARG(pl >= -1 && pl < t.num_plans, "slot_plan[", a, "] = ", pl,
+                 " is out of range [-1, ", t.num_plans, ")");
+  if (pl < 0) return;
+  const int32_t* ptr = t.ptr + static_cast<int64_t>(pl) * 2 * (p.n + 1);
+  const int64_t k = ptr[p.n], off = t.meta[2 * pl];
+  FROD_CHECK_ARG(ptr[0] == 0 && k >= 0 && ptr[2 * (p.n + 1) - 1] == k,
+                 "plan ", pl, " of slot ", a, " is corrupt (row pointers)");
+  FROD_CHECK_ARG(k <= p.kcap, "s: slot ", a, " has a pattern of k = ", k,
+                 " entries but s has only ", p.kcap, " columns");
+  FROD_CHECK_ARG(off >= 0 && off + k <= t.num_entries, "plan ", pl, " of slot ", a,
+                 " is corrupt (entries outside the table)");
 }
 
 }  // namespace
 
-void CsrPattern::build(const int32_t* rows, const int32_t* cols, int64_t k, int64_t n,
-                       int64_t adapter) {
-  row_ptr.assign(static_cast<size_t>(n) + 1, 0);
-  cols_src = cols;
-  identity = true;
-  int32_t prev = 0;
-  for (int64_t j = 0; j < k; ++j) {
-    const int32_t r = rows[j], c = cols[j];
-    FROD_CHECK_ARG(r >= 0 && r < n, entry_name("rows", adapter, j), " = ", r,
-                   " is out of range [0, ", n, ")");
-    FROD_CHECK_ARG(c >= 0 && c < n, entry_name("cols", adapter, j), " = ", c,
-                   " is out of range [0, ", n, ")");
-    FROD_CHECK_ARG(r != c, "rows/cols entry ", j, (adapter >= 0 ? concat(" of adapter ", adapter) : ""),
-                   " is on the diagonal (", r, ", ", c,
-                   "): S is off-diagonal, the diagonal belongs to dl");
-    if (r < prev) identity = false;
-    prev = r;
-    ++row_ptr[r + 1];
-  }
-  for (int64_t r = 0; r < n; ++r) row_ptr[r + 1] += row_ptr[r];
-  if (identity) return;
-  // Counting sort by row (stable), remembering where each entry came from.
-  cols_sorted.resize(static_cast<size_t>(k));
-  order.resize(static_cast<size_t>(k));
-  std::vector<int32_t> next(row_ptr.begin(), row_ptr.end() - 1);
-  for (int64_t j = 0; j < k; ++j) {
-    const int32_t e = next[rows[j]]++;
-    cols_sorted[e] = cols[j];
-    order[e] = static_cast<int32_t>(j);
-  }
+CsrView RotatePlan::pattern(const RotateProblem& p, int32_t plan) const {
+  if (plan < 0) return CsrView{empty_row_ptr_.data(), nullptr, nullptr};
+  const PlanTable& t = p.plans;
+  const int64_t off = t.meta[2 * plan];
+  const bool identity = t.meta[2 * plan + 1] != 0;
+  const int32_t* cols = t.idx + off;
+  const int32_t* order = t.idx + t.num_entries + off;
+  return CsrView{t.ptr + static_cast<int64_t>(plan) * 2 * (p.n + 1), cols,
+                 identity ? nullptr : order};
 }
 
 void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
-  FROD_CHECK_ARG(p.T >= 0 && p.n >= 0 && p.A >= 0 && p.pat.k >= 0, "negative size");
+  FROD_CHECK_ARG(p.T >= 0 && p.n >= 0 && p.A >= 0 && p.kcap >= 0, "negative size");
   FROD_CHECK_ARG(p.T < (int64_t(1) << 31), "too many rows: ", p.T, " (limit 2^31 - 1)");
-  FROD_CHECK_ARG(p.n < (int64_t(1) << 31) && p.pat.k < (int64_t(1) << 31),
+  FROD_CHECK_ARG(p.n < (int64_t(1) << 31) && p.kcap < (int64_t(1) << 31),
                  "n or k too large for int32 indices");
   FROD_CHECK_ARG(p.num_threads >= 1, "num_threads must be >= 1, got ", p.num_threads);
   const Segments& s = p.seg;
-  FROD_CHECK_ARG(s.num_segments >= 0, "seg_adapter: negative length");
-  FROD_CHECK_ARG(s.indptr[0] == 0, "seg_indptr[0] must be 0, got ", s.indptr[0]);
-  FROD_CHECK_ARG(s.indptr[s.num_segments] == p.T, "seg_indptr[-1] must equal the number of rows ",
-                 p.T, ", got ", s.indptr[s.num_segments]);
+  validate_segments_cpu(s, p.T, p.A);
   tiles.clear();
   lane_row.clear();
   lane_adapter.clear();
   base_rows.clear();
-  const bool mixed = allow_mixed && !p.pat.per_adapter;
-  int64_t pending_begin = 0;  // first lane not yet in a mixed tile
-  auto emit_mixed = [&](bool final) {
-    while (static_cast<int64_t>(lane_row.size()) - pending_begin >= (final ? 1 : kMaxTileRows)) {
-      const int32_t rows = static_cast<int32_t>(
-          std::min<int64_t>(kMaxTileRows, static_cast<int64_t>(lane_row.size()) - pending_begin));
-      int32_t width = 1;
-      while (width < rows) width <<= 1;
-      if (rows == 1)  // a lone row: the uniform scalar kernel is cheaper
-        tiles.push_back(Tile{lane_row[pending_begin], 1, 1, lane_adapter[pending_begin], 0});
-      else
-        tiles.push_back(Tile{0, rows, width, kMixedTile, static_cast<int32_t>(pending_begin)});
-      pending_begin += rows;
-    }
-  };
   present.clear();
-  csr_of_adapter.assign(static_cast<size_t>(p.A), -1);
   adapted_rows = 0;
+  if (static_cast<int64_t>(empty_row_ptr_.size()) != p.n + 1) empty_row_ptr_.assign(p.n + 1, 0);
+  if (static_cast<int64_t>(seen_.size()) < p.A) seen_.resize(p.A);
+  std::fill(seen_.begin(), seen_.begin() + p.A, 0);
+  if (static_cast<int64_t>(pend_row_.size()) < p.plans.num_plans + 1) {
+    pend_row_.resize(p.plans.num_plans + 1);
+    pend_adapter_.resize(p.plans.num_plans + 1);
+  }
+  pend_touched_.clear();
+
+  // Moves `count` pending lanes of plan slot q into one mixed tile (or a uniform one-row tile).
+  auto emit = [&](int32_t q, int64_t count) {
+    std::vector<int64_t>& rows = pend_row_[q];
+    std::vector<int32_t>& ads = pend_adapter_[q];
+    if (count == 1) {  // a lone row: the uniform scalar kernel is cheaper
+      tiles.push_back(Tile{rows[0], 1, 1, ads[0], 0, q - 1});
+    } else {
+      tiles.push_back(Tile{0, static_cast<int32_t>(count), width_for(count), kMixedTile,
+                           static_cast<int32_t>(lane_row.size()), q - 1});
+      lane_row.insert(lane_row.end(), rows.begin(), rows.begin() + count);
+      lane_adapter.insert(lane_adapter.end(), ads.begin(), ads.begin() + count);
+    }
+    rows.erase(rows.begin(), rows.begin() + count);
+    ads.erase(ads.begin(), ads.begin() + count);
+  };
+
   for (int64_t g = 0; g < s.num_segments; ++g) {
     const int64_t b = s.indptr[g], e = s.indptr[g + 1];
-    FROD_CHECK_ARG(e >= b, "seg_indptr must be non-decreasing: seg_indptr[", g, "] = ", b,
-                   " > seg_indptr[", g + 1, "] = ", e);
     const int32_t a = s.adapter[g];
-    FROD_CHECK_ARG(a >= -1 && a < p.A, "seg_adapter[", g, "] = ", a, " is out of range [-1, ",
-                   p.A, ")");
     if (e == b) continue;
     if (a < 0) {
       base_rows.push_back(b);
       base_rows.push_back(e);
       continue;
     }
-    if (csr_of_adapter[a] == -1) {
-      csr_of_adapter[a] = -2;  // mark present; CSR index assigned below
+    if (!seen_[a]) {
+      check_slot_plan(p, a);
+      seen_[a] = 1;
       present.push_back(a);
     }
+    const int32_t plan = p.plans.slot_plan[a];
     adapted_rows += e - b;
-    if (mixed && e - b <= kMixedMaxSegmentRows) {
+    if (allow_mixed && e - b <= kMixedMaxSegmentRows) {
+      const int32_t q = plan + 1;
+      if (pend_row_[q].empty()) pend_touched_.push_back(q);
       for (int64_t t = b; t < e; ++t) {
-        lane_row.push_back(t);
-        lane_adapter.push_back(a);
+        pend_row_[q].push_back(t);
+        pend_adapter_[q].push_back(a);
       }
-      emit_mixed(false);
+      if (static_cast<int64_t>(pend_row_[q].size()) >= kMaxTileRows) emit(q, kMaxTileRows);
       continue;
     }
     // Split into tiles of at most kMaxTileRows rows, as even as possible.
@@ -109,29 +113,14 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
     const int64_t ntiles = (len + kMaxTileRows - 1) / kMaxTileRows;
     for (int64_t i = 0; i < ntiles; ++i) {
       const int64_t t0 = b + len * i / ntiles, t1 = b + len * (i + 1) / ntiles;
-      const int32_t rows = static_cast<int32_t>(t1 - t0);
-      int32_t width = 1;
-      while (width < rows) width <<= 1;
-      tiles.push_back(Tile{t0, rows, width, a, 0});
+      tiles.push_back(Tile{t0, static_cast<int32_t>(t1 - t0), width_for(t1 - t0), a, 0, plan});
     }
   }
-  emit_mixed(true);
+  for (int32_t q : pend_touched_) {
+    while (!pend_row_[q].empty())
+      emit(q, std::min<int64_t>(kMaxTileRows, static_cast<int64_t>(pend_row_[q].size())));
+  }
   std::sort(present.begin(), present.end());
-  // Patterns: shared -> one CSR, per adapter -> one per present adapter.
-  // A shared pattern is always validated; per-adapter patterns only for adapters in the batch
-  // (checking every adapter's pattern would cost O(A * k) per call).
-  const size_t ncsr = p.pat.per_adapter ? present.size() : 1;
-  if (csr.size() < ncsr) csr.resize(ncsr);
-  if (!p.pat.per_adapter) {
-    csr[0].build(p.pat.rows, p.pat.cols, p.pat.k, p.n, -1);
-    for (int32_t a : present) csr_of_adapter[a] = 0;
-  } else {
-    for (size_t i = 0; i < present.size(); ++i) {
-      const int32_t a = present[i];
-      csr[i].build(p.pat.rows + a * p.pat.k, p.pat.cols + a * p.pat.k, p.pat.k, p.n, a);
-      csr_of_adapter[a] = static_cast<int32_t>(i);
-    }
-  }
 }
 
 int effective_threads(int requested, int64_t items, double work) {

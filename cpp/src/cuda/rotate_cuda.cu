@@ -1,30 +1,38 @@
 // CUDA kernels of the FRoD rotation op (semantics in frod/rotate.h, API in frod/rotate_cuda.h).
 //
-// Work unit: a tile of up to R consecutive rows of one segment (one thread block, 256
-// threads). The tile of the operand that is gathered by the sparse pattern (Z in the forward,
-// dH in the backward) is staged in shared memory transposed, as n vectors of R values, so one
-// pattern entry costs one 2R..8R-byte shared load and R FMAs. Thread i owns output columns
-// i, i + 256, ...; it keeps R float accumulators in registers and writes each output element
-// exactly once (coalesced across the warp):
-//   forward   H[t0+b, r]  = (l[r] + dl[a, r]) Z[t0+b, r] + sum_{e in CSR row r} s[a, j_e] Z[t0+b, c_e]
-//   backward  dZ[t0+b, c] = dl[a, c] dH[t0+b, c] + sum_{e in CSC col c} s[a, j_e] dH[t0+b, r_e]
-//             d_dl[a, c] += sum_b dH[t0+b, c] Z[t0+b, c]
-//             d_s[a, j_e] += sum_b dH[t0+b, r_e] Z[t0+b, c]          (SDDMM, atomics per tile)
-// The backward traverses the pattern by column so Z is only needed at the thread's own column
-// (read straight from global memory); one traversal gives dZ and d_s.
-// R in {1, 2, 4, 8, 16} is chosen per call from the mean segment length and the shared memory
-// limit (R * n * sizeof(T) bytes).
+// The patterns arrive planned (frod/pattern_plan.h: CSR for the forward, CSC for the backward,
+// built once on the host and uploaded), so a call is ONE kernel launch, with no planning
+// kernels, no scratch memory and no host reads of index values.
+//
+// Work unit: block b (256 threads) owns the R consecutive batch rows [b R, b R + R). It walks
+// them in *pieces*, each the part of one segment (the segment of a row is found by binary
+// search in seg_indptr, so no segment-to-tile map has to be built on the device). A piece's
+// rows of the gathered operand (Z forward, dH backward) are staged in shared memory
+// transposed, as n vectors of R values; thread i owns output columns i, i + 256, ..., keeps R
+// accumulators in registers and writes each output element exactly once:
+//   forward   H[t, r]  = (base[r] + dl[a, r]) Z[t, r] + sum_{e in CSR row r} s[a, j_e] Z[t, c_e]
+//   backward  dZ[t, c] = dl[a, c] dH[t, c] + sum_{e in CSC col c} s[a, j_e] dH[t, r_e]
+//             d_dl[a, c] += sum_t dH[t, c] Z[t, c]
+//             d_s[a, j_e] += sum_t dH[t, r_e] Z[t, c]          (SDDMM, atomics per piece)
+// R in {1, 2, 4, 8, 16} is the next power of two >= the mean segment length (decode: R = 1),
+// capped by shared memory. A row's arithmetic does not depend on R, on the piece or on the
+// other rows (same entry order, same FMAs), so the forward is batch invariant bit for bit.
 #include <algorithm>
+#include <array>
+#include <mutex>
 
 #include "cuda_utils.h"
 #include "frod/rotate_cuda.h"
-#include "rotate_plan.cuh"
 
 namespace frod {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kMaxDevices = 64;
+
+/// Bits of the error word (see frod/rotate_cuda.h).
+enum RotateError : int32_t { kBadSegment = 1, kBadAdapter = 2, kBadPlan = 4 };
 
 /// R values of type T, loaded from shared memory with the widest aligned accesses.
 template <typename T, int R>
@@ -33,187 +41,225 @@ struct alignas(R * sizeof(T) >= 16 ? 16 : R * sizeof(T)) Vec {
 };
 
 template <typename T> struct RotateArgs {
-  int64_t T_rows, n, k;
+  int64_t T_rows, n, kcap, A;
+  const int32_t* indptr;
+  const int32_t* adapter;
+  int64_t G;
+  PlanTable plans;
   const T* z; int64_t ldz;
   const T* dh; int64_t lddh;
   const T* dl;
-  const T* base_scale;  // (n,) or null: forward uses l + dl[a]
+  const T* base_scale;  // (n,) or null: forward uses base + dl[a]
   const T* s;
   T* out; int64_t ldout;  // h (forward) or dz (backward, may be null)
   acc_t<T>* d_dl;         // (A, n) or null
-  acc_t<T>* d_s;          // (A, k) or null
-  bool per_adapter;
+  acc_t<T>* d_s;          // (A, kcap) or null
+  int32_t* err;           // error word or null
 };
 
-struct TileInfo {
+/// One piece: rows [t0, t0 + rows) of one segment, with its slot and planned pattern.
+struct Piece {
   int64_t t0;
   int rows;
-  int32_t adapter;
-  bool live;
+  int32_t adapter;  ///< -1: no adapter (zeros)
+  int32_t plan;     ///< -1: no pattern (dl only)
+  int64_t off;      ///< entry offset of the plan in the table
 };
 
-__device__ __forceinline__ TileInfo find_tile(const SegmentTiles& st, int R) {
-  const int32_t b = static_cast<int32_t>(blockIdx.x);
-  const int64_t G = st.num_segments;
-  TileInfo t{0, 0, -1, false};
-  if (G == 0 || b >= st.tile_offset[G]) return t;
-  const int64_t g = tile_segment(st.tile_offset, G, b);
-  const int64_t lo = st.indptr[g], hi = st.indptr[g + 1];
-  t.t0 = lo + static_cast<int64_t>(b - st.tile_offset[g]) * R;
-  t.rows = static_cast<int>(min(static_cast<int64_t>(R), hi - t.t0));
-  t.adapter = st.eff_adapter[g];
-  t.live = t.rows > 0;
-  return t;
+__device__ __forceinline__ void flag(int32_t* err, int32_t bit) {
+  if (err && threadIdx.x == 0) atomicOr(err, bit);
+}
+
+/// The piece that starts at row t (t < t_end): binary search of t's segment, then checks of
+/// the segment, the slot and its plan. Every thread computes the same values.
+template <typename T>
+__device__ Piece find_piece(const RotateArgs<T>& a, int64_t t, int64_t t_end) {
+  Piece p{t, 1, -1, -1, 0};
+  // largest g with indptr[g] <= t
+  int64_t lo = 0, hi = a.G;  // search in [0, G)
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (a.indptr[mid] <= t) lo = mid; else hi = mid;
+  }
+  if (a.G == 0) {
+    flag(a.err, kBadSegment);
+    return p;
+  }
+  const int64_t b = a.indptr[lo], e = a.indptr[lo + 1];
+  if (!(b <= t && t < e && e <= a.T_rows)) {
+    flag(a.err, kBadSegment);
+    return p;  // one row of zeros, then the next row is searched afresh
+  }
+  p.rows = static_cast<int>(min(e, t_end) - t);
+  const int32_t ad = a.adapter[lo];
+  if (ad < -1 || ad >= a.A) {
+    flag(a.err, kBadAdapter);
+    return p;
+  }
+  p.adapter = ad;
+  if (ad < 0) return p;
+  const int32_t pl = a.plans.slot_plan[ad];
+  if (pl < -1 || pl >= a.plans.num_plans) {
+    flag(a.err, kBadPlan);
+    p.adapter = -1;
+    return p;
+  }
+  if (pl >= 0) {
+    const int32_t* ptr = a.plans.ptr + static_cast<int64_t>(pl) * 2 * (a.n + 1);
+    const int64_t k = ptr[a.n], off = a.plans.meta[2 * pl];
+    if (k > a.kcap || off < 0 || off + k > a.plans.num_entries) {
+      flag(a.err, kBadPlan);
+      p.adapter = -1;
+      return p;
+    }
+    p.plan = pl;
+    p.off = off;
+  }
+  return p;
 }
 
 /// Stages rows [t0, t0 + rows) of x (row stride ld) into smem as n vectors of R (zero padded).
 template <typename T, int R>
 __device__ __forceinline__ void stage_transposed(const T* __restrict__ x, int64_t ld,
-                                                 const TileInfo& t, int64_t n, T* sm) {
+                                                 const Piece& p, int64_t n, T* sm) {
   const T zero = from_acc<T>(acc_t<T>(0));
   for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(R) * n; idx += blockDim.x) {
     const int b = static_cast<int>(idx / n);
     const int64_t i = idx - b * n;
-    sm[i * R + b] = b < t.rows ? x[(t.t0 + b) * ld + i] : zero;
+    sm[i * R + b] = b < p.rows ? x[(p.t0 + b) * ld + i] : zero;
   }
 }
 
 template <typename T>
-__device__ __forceinline__ void zero_rows(T* __restrict__ out, int64_t ld, const TileInfo& t,
+__device__ __forceinline__ void zero_rows(T* __restrict__ out, int64_t ld, const Piece& p,
                                           int64_t n) {
   const T zero = from_acc<T>(acc_t<T>(0));
-  for (int b = 0; b < t.rows; ++b)
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[(t.t0 + b) * ld + i] = zero;
+  for (int b = 0; b < p.rows; ++b)
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[(p.t0 + b) * ld + i] = zero;
+}
+
+/// Walks block b's rows [bR, bR + R) piece by piece: rows of no adapter (or invalid ones) get
+/// zeros in a.out (if any), every other piece is passed to body(piece) after a barrier (the
+/// previous piece is done with the shared staging buffer). Block 0 also checks the ends of
+/// seg_indptr.
+template <typename T, int R, typename Body>
+__device__ __forceinline__ void for_each_piece(const RotateArgs<T>& a, Body body) {
+  if (blockIdx.x == 0 && (a.indptr[0] != 0 || a.indptr[a.G] != a.T_rows)) flag(a.err, kBadSegment);
+  int64_t t = static_cast<int64_t>(blockIdx.x) * R;
+  const int64_t t_end = min(a.T_rows, t + R);
+  while (t < t_end) {
+    const Piece p = find_piece(a, t, t_end);
+    t += p.rows;
+    if (p.adapter < 0) {
+      if (a.out) zero_rows(a.out, a.ldout, p, a.n);
+      continue;
+    }
+    __syncthreads();
+    body(p);
+  }
 }
 
 template <typename T, int R>
-__global__ void __launch_bounds__(kThreads)
-    rotate_forward_kernel(RotateArgs<T> a, SegmentTiles st, Compressed csr) {
-  using A = acc_t<T>;
+__global__ void __launch_bounds__(kThreads) rotate_forward_kernel(RotateArgs<T> a) {
+  using Acc = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* zs = reinterpret_cast<T*>(smem_raw);
-  const TileInfo t = find_tile(st, R);
-  if (!t.live) return;
-  const int64_t n = a.n;
-  if (t.adapter < 0) {
-    zero_rows(a.out, a.ldout, t, n);
-    return;
-  }
-  stage_transposed<T, R>(a.z, a.ldz, t, n, zs);
-  __syncthreads();
-  const int64_t pat = a.per_adapter ? t.adapter : 0;
-  const int32_t* __restrict__ ptr = csr.ptr + pat * (n + 1);
-  const int32_t* __restrict__ col = csr.other + pat * a.k;
-  const int32_t* __restrict__ idx = csr.idx + pat * a.k;
-  const T* __restrict__ s = a.s + t.adapter * a.k;
-  const T* __restrict__ dl = a.dl + t.adapter * n;
-  const Vec<T, R>* zv = reinterpret_cast<const Vec<T, R>*>(zs);
-  for (int64_t r = threadIdx.x; r < n; r += blockDim.x) {
-    A d = to_acc(dl[r]);
-    if (a.base_scale) d += to_acc(a.base_scale[r]);
-    A acc[R];
-    const Vec<T, R> zr = zv[r];
+  const int64_t n = a.n, E = a.plans.num_entries;
+  for_each_piece<T, R>(a, [&](const Piece& p) {
+    stage_transposed<T, R>(a.z, a.ldz, p, n, zs);
+    __syncthreads();
+    const int32_t* __restrict__ ptr =
+        p.plan >= 0 ? a.plans.ptr + static_cast<int64_t>(p.plan) * 2 * (n + 1) : nullptr;
+    const int32_t* __restrict__ col = a.plans.idx + p.off;
+    const int32_t* __restrict__ jdx = a.plans.idx + E + p.off;
+    const T* __restrict__ s = a.s + p.adapter * a.kcap;
+    const T* __restrict__ dl = a.dl + p.adapter * n;
+    const Vec<T, R>* zv = reinterpret_cast<const Vec<T, R>*>(zs);
+    for (int64_t r = threadIdx.x; r < n; r += blockDim.x) {
+      Acc d = to_acc(dl[r]);
+      if (a.base_scale) d += to_acc(a.base_scale[r]);
+      Acc acc[R];
+      const Vec<T, R> zr = zv[r];
 #pragma unroll
-    for (int b = 0; b < R; ++b) acc[b] = d * to_acc(zr.v[b]);
-    const int32_t e1 = ptr[r + 1];
+      for (int b = 0; b < R; ++b) acc[b] = d * to_acc(zr.v[b]);
+      const int32_t e0 = ptr ? ptr[r] : 0, e1 = ptr ? ptr[r + 1] : 0;
 #pragma unroll 2
-    for (int32_t e = ptr[r]; e < e1; ++e) {
-      const A v = to_acc(s[idx[e]]);
-      const Vec<T, R> zc = zv[col[e]];
+      for (int32_t e = e0; e < e1; ++e) {
+        const Acc v = to_acc(s[jdx[e]]);
+        const Vec<T, R> zc = zv[col[e]];
 #pragma unroll
-      for (int b = 0; b < R; ++b) acc[b] = fma(v, to_acc(zc.v[b]), acc[b]);
-    }
-    T* o = a.out + t.t0 * a.ldout + r;
+        for (int b = 0; b < R; ++b) acc[b] = fma(v, to_acc(zc.v[b]), acc[b]);
+      }
+      T* o = a.out + p.t0 * a.ldout + r;
 #pragma unroll
-    for (int b = 0; b < R; ++b, o += a.ldout)
-      if (b < t.rows) *o = from_acc<T>(acc[b]);
-  }
-}
-
-/// Zeroes d_dl[a] and d_s[a] for the adapter of every segment (before the atomics).
-template <typename A>
-__global__ void zero_grads_kernel(SegmentTiles st, int64_t n, int64_t k, A* __restrict__ d_dl,
-                                  A* __restrict__ d_s) {
-  const int64_t g = blockIdx.y;
-  const int32_t a = st.eff_adapter[g];
-  if (a < 0 || st.tile_offset[g + 1] == st.tile_offset[g]) return;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n + k;
-       i += stride) {
-    if (i < n) {
-      if (d_dl) d_dl[a * n + i] = A(0);
-    } else if (d_s) {
-      d_s[a * k + (i - n)] = A(0);
+      for (int b = 0; b < R; ++b, o += a.ldout)
+        if (b < p.rows) *o = from_acc<T>(acc[b]);
     }
-  }
+  });
 }
 
 template <typename T, int R>
-__global__ void __launch_bounds__(kThreads)
-    rotate_backward_kernel(RotateArgs<T> a, SegmentTiles st, Compressed csc) {
-  using A = acc_t<T>;
+__global__ void __launch_bounds__(kThreads) rotate_backward_kernel(RotateArgs<T> a) {
+  using Acc = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* hs = reinterpret_cast<T*>(smem_raw);
-  const TileInfo t = find_tile(st, R);
-  if (!t.live) return;
-  const int64_t n = a.n;
-  if (t.adapter < 0) {
-    if (a.out) zero_rows(a.out, a.ldout, t, n);
-    return;
-  }
-  stage_transposed<T, R>(a.dh, a.lddh, t, n, hs);
-  __syncthreads();
+  const int64_t n = a.n, E = a.plans.num_entries;
   const bool want_z = a.d_dl != nullptr || a.d_s != nullptr;
-  const int64_t pat = a.per_adapter ? t.adapter : 0;
-  const int32_t* __restrict__ ptr = csc.ptr ? csc.ptr + pat * (n + 1) : nullptr;
-  const int32_t* __restrict__ row = csc.other + pat * a.k;
-  const int32_t* __restrict__ idx = csc.idx + pat * a.k;
-  const T* __restrict__ s = a.s + t.adapter * a.k;
-  const T* __restrict__ dl = a.dl + t.adapter * n;
-  A* __restrict__ d_s = a.d_s ? a.d_s + t.adapter * a.k : nullptr;
-  const Vec<T, R>* hv = reinterpret_cast<const Vec<T, R>*>(hs);
-  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
-    A zc[R];
-    const T* zp = a.z + t.t0 * a.ldz + c;
+  for_each_piece<T, R>(a, [&](const Piece& p) {
+    stage_transposed<T, R>(a.dh, a.lddh, p, n, hs);
+    __syncthreads();
+    const int32_t* __restrict__ ptr =
+        p.plan >= 0 ? a.plans.ptr + static_cast<int64_t>(p.plan) * 2 * (n + 1) + (n + 1)
+                    : nullptr;  // CSC half
+    const int32_t* __restrict__ row = a.plans.idx + 2 * E + p.off;
+    const int32_t* __restrict__ jdx = a.plans.idx + 3 * E + p.off;
+    const T* __restrict__ s = a.s + p.adapter * a.kcap;
+    const T* __restrict__ dl = a.dl + p.adapter * n;
+    Acc* __restrict__ d_s = a.d_s ? a.d_s + p.adapter * a.kcap : nullptr;
+    const Vec<T, R>* hv = reinterpret_cast<const Vec<T, R>*>(hs);
+    for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+      Acc zc[R];
+      const T* zp = a.z + p.t0 * a.ldz + c;
 #pragma unroll
-    for (int b = 0; b < R; ++b, zp += a.ldz) zc[b] = (want_z && b < t.rows) ? to_acc(*zp) : A(0);
-    const Vec<T, R> hc = hv[c];
-    const A d = to_acc(dl[c]);
-    A acc[R];
-    A dot_dl = 0;
-#pragma unroll
-    for (int b = 0; b < R; ++b) {
-      const A h = to_acc(hc.v[b]);
-      acc[b] = d * h;
-      dot_dl = fma(h, zc[b], dot_dl);
-    }
-    if (a.d_dl) atomicAdd(a.d_dl + t.adapter * n + c, dot_dl);
-    const int32_t e0 = ptr ? ptr[c] : 0, e1 = ptr ? ptr[c + 1] : 0;  // no CSC: only d_dl wanted
-    for (int32_t e = e0; e < e1; ++e) {
-      const int32_t j = idx[e];
-      const Vec<T, R> hr = hv[row[e]];
-      const A v = to_acc(s[j]);
-      A dot = 0;
+      for (int b = 0; b < R; ++b, zp += a.ldz) zc[b] = (want_z && b < p.rows) ? to_acc(*zp) : Acc(0);
+      const Vec<T, R> hc = hv[c];
+      const Acc d = to_acc(dl[c]);
+      Acc acc[R];
+      Acc dot_dl = 0;
 #pragma unroll
       for (int b = 0; b < R; ++b) {
-        const A h = to_acc(hr.v[b]);
-        acc[b] = fma(v, h, acc[b]);
-        dot = fma(h, zc[b], dot);
+        const Acc h = to_acc(hc.v[b]);
+        acc[b] = d * h;
+        dot_dl = fma(h, zc[b], dot_dl);
       }
-      if (d_s) atomicAdd(d_s + j, dot);
-    }
-    if (a.out) {
-      T* o = a.out + t.t0 * a.ldout + c;
+      if (a.d_dl) atomicAdd(a.d_dl + p.adapter * n + c, dot_dl);
+      const int32_t e0 = ptr ? ptr[c] : 0, e1 = ptr ? ptr[c + 1] : 0;
+      for (int32_t e = e0; e < e1; ++e) {
+        const int32_t j = jdx[e];
+        const Vec<T, R> hr = hv[row[e]];
+        const Acc v = to_acc(s[j]);
+        Acc dot = 0;
 #pragma unroll
-      for (int b = 0; b < R; ++b, o += a.ldout)
-        if (b < t.rows) *o = from_acc<T>(acc[b]);
+        for (int b = 0; b < R; ++b) {
+          const Acc h = to_acc(hr.v[b]);
+          acc[b] = fma(v, h, acc[b]);
+          dot = fma(h, zc[b], dot);
+        }
+        if (d_s) atomicAdd(d_s + j, dot);
+      }
+      if (a.out) {
+        T* o = a.out + p.t0 * a.ldout + c;
+#pragma unroll
+        for (int b = 0; b < R; ++b, o += a.ldout)
+          if (b < p.rows) *o = from_acc<T>(acc[b]);
+      }
     }
-  }
+  });
 }
 
-/// Rows per tile: the next power of two >= the mean segment length, capped at 16 and by the
+/// Rows per block: the next power of two >= the mean segment length, capped at 16 and by the
 /// shared memory the device offers for R * n values.
-int choose_rows_per_tile(const RotateProblem& p, size_t elem_bytes, int device) {
+int choose_rows_per_block(const RotateProblem& p, size_t elem_bytes, int device) {
   const int64_t G = std::max<int64_t>(p.seg.num_segments, 1);
   const int64_t mean = (p.T + G - 1) / G;
   int R = 1;
@@ -226,15 +272,25 @@ int choose_rows_per_tile(const RotateProblem& p, size_t elem_bytes, int device) 
   return R;
 }
 
-template <typename Kernel, typename... Args>
-void launch(Kernel kernel, int64_t grid, size_t smem, cudaStream_t stream, const char* name,
-            Args... args) {
+/// Opts `kernel` in to the device's whole dynamic shared memory, once per device (the
+/// attribute is per function and device; setting it per call raced between host threads).
+template <typename Kernel> void opt_in_smem_once(Kernel kernel, int device) {
+  static std::array<std::once_flag, kMaxDevices> once;
+  FROD_CHECK_ARG(device >= 0 && device < kMaxDevices, "rotate (CUDA): device index ", device,
+                 " >= ", kMaxDevices);
+  std::call_once(once[device], [&] {
+    FROD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         max_smem_optin(device)));
+  });
+}
+
+template <typename Kernel, typename Args>
+void launch(Kernel kernel, int64_t grid, size_t smem, int device, cudaStream_t stream,
+            const char* name, const Args& args) {
   if (grid <= 0) return;
-  FROD_CHECK_ARG(grid < (int64_t(1) << 31), name, ": too many tiles (", grid, ")");
-  if (smem > 48 * 1024)
-    FROD_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args...);
+  FROD_CHECK_ARG(grid < (int64_t(1) << 31), name, ": too many blocks (", grid, ")");
+  if (smem > 48 * 1024) opt_in_smem_once(kernel, device);
+  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args);
   FROD_CUDA_CHECK_LAUNCH(name);
 }
 
@@ -248,23 +304,24 @@ void launch(Kernel kernel, int64_t grid, size_t smem, cudaStream_t stream, const
   }
 
 void check_common(const RotateProblem& p) {
-  FROD_CHECK_ARG(p.T >= 0 && p.n >= 0 && p.A >= 0 && p.pat.k >= 0, "rotate: negative size");
+  FROD_CHECK_ARG(p.T >= 0 && p.n >= 0 && p.A >= 0 && p.kcap >= 0, "rotate: negative size");
   FROD_CHECK_ARG(p.seg.indptr != nullptr, "seg_indptr: null pointer");
   FROD_CHECK_ARG(p.seg.num_segments == 0 || p.seg.adapter != nullptr, "seg_adapter: null pointer");
-  FROD_CHECK_ARG(p.pat.k == 0 || (p.pat.rows && p.pat.cols), "rows/cols: null pointer");
+  FROD_CHECK_ARG(p.A == 0 || p.plans.slot_plan != nullptr, "slot_plan: null pointer");
   FROD_CHECK_ARG(p.T < (int64_t(1) << 31) && p.n < (int64_t(1) << 31) &&
-                     p.pat.k < (int64_t(1) << 31),
+                     p.kcap < (int64_t(1) << 31),
                  "rotate (CUDA): T, n and k must be < 2^31");
 }
 
-/// Error word: the caller's, or a scratch one.
-struct ErrorWord {
-  ErrorWord(int32_t* given, cudaStream_t s) : scratch(given ? 0 : sizeof(int32_t), s) {
-    ptr = given ? given : scratch.as<int32_t>();
-  }
-  StreamBuffer scratch;
-  int32_t* ptr;
-};
+template <typename T>
+RotateArgs<T> make_args(const RotateProblem& p, int32_t* err) {
+  RotateArgs<T> a{};
+  a.T_rows = p.T; a.n = p.n; a.kcap = p.kcap; a.A = p.A;
+  a.indptr = p.seg.indptr; a.adapter = p.seg.adapter; a.G = p.seg.num_segments;
+  a.plans = p.plans;
+  a.err = err;
+  return a;
+}
 
 }  // namespace
 }  // namespace cuda
@@ -275,24 +332,19 @@ void rotate_forward_cuda(const RotateProblem& p, const void* z, int64_t ldz, con
   using namespace cuda;
   check_common(p);
   FROD_CHECK_ARG(ldz >= p.n && ldh >= p.n, "row strides must be >= n");
+  if (p.T == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   StreamDeviceGuard device_guard(stream);
-  ErrorWord err(error_flags, stream);
-  if (p.T == 0) {
-    FROD_CUDA_CHECK(cudaMemsetAsync(err.ptr, 0, sizeof(int32_t), stream));
-    return;
-  }
   const int device = current_device();
   FROD_CUDA_DISPATCH_FLOAT(p.dtype, {
-    const int Rv = choose_rows_per_tile(p, sizeof(T), device);
-    RotatePlanCuda plan(p, Rv, /*csr=*/true, /*csc=*/false, err.ptr, stream);
-    RotateArgs<T> args{p.T, p.n, p.pat.k, static_cast<const T*>(z), ldz, nullptr, 0,
-                       static_cast<const T*>(dl), static_cast<const T*>(base_scale),
-                       static_cast<const T*>(s), static_cast<T*>(h), ldh, nullptr, nullptr,
-                       p.pat.per_adapter};
-    FROD_DISPATCH_R(Rv, launch(rotate_forward_kernel<T, R>, plan.max_tiles(),
-                               size_t(R) * p.n * sizeof(T), stream, "rotate_forward_kernel",
-                               args, plan.tiles(), plan.csr()));
+    const int Rv = choose_rows_per_block(p, sizeof(T), device);
+    RotateArgs<T> args = make_args<T>(p, error_flags);
+    args.z = static_cast<const T*>(z); args.ldz = ldz;
+    args.dl = static_cast<const T*>(dl); args.base_scale = static_cast<const T*>(base_scale);
+    args.s = static_cast<const T*>(s); args.out = static_cast<T*>(h); args.ldout = ldh;
+    FROD_DISPATCH_R(Rv, launch(rotate_forward_kernel<T, R>, (p.T + R - 1) / R,
+                               size_t(R) * p.n * sizeof(T), device, stream,
+                               "rotate_forward_kernel", args));
   });
 }
 
@@ -303,59 +355,23 @@ void rotate_backward_cuda(const RotateProblem& p, const void* z, int64_t ldz, co
   check_common(p);
   FROD_CHECK_ARG(ldz >= p.n && lddh >= p.n && (dz == nullptr || lddz >= p.n),
                  "row strides must be >= n");
+  if (p.T == 0 || (dz == nullptr && d_dl == nullptr && d_s == nullptr)) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   StreamDeviceGuard device_guard(stream);
-  ErrorWord err(error_flags, stream);
-  if (p.T == 0 || (dz == nullptr && d_dl == nullptr && d_s == nullptr)) {
-    FROD_CUDA_CHECK(cudaMemsetAsync(err.ptr, 0, sizeof(int32_t), stream));
-    return;
-  }
   const int device = current_device();
   FROD_CUDA_DISPATCH_FLOAT(p.dtype, {
     using Acc = acc_t<T>;
-    const int Rv = choose_rows_per_tile(p, sizeof(T), device);
-    const bool need_pattern = dz != nullptr || d_s != nullptr;
-    RotatePlanCuda plan(p, Rv, /*csr=*/false, /*csc=*/need_pattern, err.ptr, stream);
-    if (d_dl || d_s) {
-      const int64_t G = p.seg.num_segments;
-      const unsigned gx = static_cast<unsigned>(
-          std::min<int64_t>((p.n + p.pat.k + kThreads - 1) / kThreads, 64));
-      for (int64_t g0 = 0; g0 < G; g0 += 65535) {  // gridDim.y limit
-        SegmentTiles sub = plan.tiles();
-        sub.tile_offset += g0;
-        sub.eff_adapter += g0;
-        sub.indptr += g0;
-        sub.num_segments = std::min<int64_t>(65535, G - g0);
-        dim3 grid(std::max(gx, 1u), static_cast<unsigned>(sub.num_segments));
-        zero_grads_kernel<Acc><<<grid, kThreads, 0, stream>>>(sub, p.n, p.pat.k,
-                                                              static_cast<Acc*>(d_dl),
-                                                              static_cast<Acc*>(d_s));
-        FROD_CUDA_CHECK_LAUNCH("zero_grads_kernel");
-      }
-    }
-    RotateArgs<T> args{p.T, p.n, p.pat.k, static_cast<const T*>(z), ldz,
-                       static_cast<const T*>(dh), lddh, static_cast<const T*>(dl), nullptr,
-                       static_cast<const T*>(s), static_cast<T*>(dz), lddz,
-                       static_cast<Acc*>(d_dl), static_cast<Acc*>(d_s), p.pat.per_adapter};
-    FROD_DISPATCH_R(Rv, launch(rotate_backward_kernel<T, R>, plan.max_tiles(),
-                               size_t(R) * p.n * sizeof(T), stream, "rotate_backward_kernel",
-                               args, plan.tiles(), plan.csc()));
+    const int Rv = choose_rows_per_block(p, sizeof(T), device);
+    RotateArgs<T> args = make_args<T>(p, error_flags);
+    args.z = static_cast<const T*>(z); args.ldz = ldz;
+    args.dh = static_cast<const T*>(dh); args.lddh = lddh;
+    args.dl = static_cast<const T*>(dl); args.s = static_cast<const T*>(s);
+    args.out = static_cast<T*>(dz); args.ldout = lddz;
+    args.d_dl = static_cast<Acc*>(d_dl); args.d_s = static_cast<Acc*>(d_s);
+    FROD_DISPATCH_R(Rv, launch(rotate_backward_kernel<T, R>, (p.T + R - 1) / R,
+                               size_t(R) * p.n * sizeof(T), device, stream,
+                               "rotate_backward_kernel", args));
   });
-}
-
-int32_t rotate_validate_cuda(const RotateProblem& p, void* stream_ptr) {
-  using namespace cuda;
-  check_common(p);
-  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  StreamDeviceGuard device_guard(stream);
-  ErrorWord err(nullptr, stream);
-  {
-    RotatePlanCuda plan(p, 16, /*csr=*/true, /*csc=*/false, err.ptr, stream);
-  }
-  int32_t host = 0;
-  FROD_CUDA_CHECK(cudaMemcpyAsync(&host, err.ptr, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  FROD_CUDA_CHECK(cudaStreamSynchronize(stream));
-  return host;
 }
 
 }  // namespace frod

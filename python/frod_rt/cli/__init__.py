@@ -1,6 +1,7 @@
 """The ``frod-rt`` command line (entry point ``frod_rt.cli:main``; see docs/cli.md).
 
-One module per command: decompose, train, inspect, generate, serve, bench. Each has
+One module per command: decompose, train, inspect, generate, serve, import (import_peft),
+export (export_peft), bench. Each has
 ``add_parser(subparsers)`` and ``run(args) -> int``. Bad input prints one line
 ``frod-rt <command>: error: <message>`` and exits with 2 (no traceback;
 set FROD_RT_DEBUG=1 to see one).
@@ -11,10 +12,10 @@ import argparse
 import os
 import sys
 
-from . import bench, decompose, generate, inspect, serve, train
+from . import bench, decompose, export_peft, generate, import_peft, inspect, serve, train
 from .common import BAD_INPUT
 
-COMMANDS = (decompose, train, inspect, generate, serve, bench)
+COMMANDS = (decompose, train, inspect, generate, serve, import_peft, export_peft, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
 """``frod-rt serve --base DIR --adapter NAME=DIR ...``: the OpenAI-compatible HTTP server.
 
 One engine loop batches the requests of every client and every adapter together. Endpoints:
-/v1/completions, /v1/chat/completions, /v1/models, /v1/adapters (POST load, DELETE unload),
-/health, /metrics (see docs/server.md). ``model`` in a request names an adapter; the base
+/v1/completions, /v1/chat/completions (decoder bases), /v1/embeddings, /v1/classify (encoder
+bases), /v1/models, /v1/adapters (POST load, DELETE unload), /health, /metrics (see
+docs/server.md). ``model`` in a request names an adapter; the base
 model's name (its directory's basename, or ``--served-name``) selects no adapter.
 
 Security (docs/server.md, "Security"): ``--api-key`` (or FROD_RT_API_KEY) requires a Bearer
@@ -16,9 +17,10 @@ import ipaddress
 import os
 import sys
 
+from . import serve_ray
 from .common import CLIError, adapter_specs, add_engine_options, load_engine
 
-SERVE_DEPS = ("fastapi", "uvicorn", "pydantic", "starlette", "h11")
+SERVE_DEPS = ("fastapi", "uvicorn", "pydantic", "starlette", "h11", "prometheus_client")
 
 
 def add_parser(sub) -> None:
@@ -36,6 +38,9 @@ def add_parser(sub) -> None:
                    help="max_tokens when a request gives none (default 16, as OpenAI)")
     p.add_argument("--served-name", default=None,
                    help="model name of the base (default: basename of --base)")
+    p.add_argument("--max-adapter-labels", type=int, default=256,
+                   help="adapters with their own 'adapter' label in /metrics; requests of "
+                        "more are counted under '(other)' (default 256)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     g = p.add_argument_group("security and limits")
@@ -55,6 +60,7 @@ def add_parser(sub) -> None:
     g.add_argument("--timeout-keep-alive", type=int, default=5,
                    help="seconds an idle keep-alive connection stays open (default 5)")
     add_engine_options(p)
+    serve_ray.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -120,21 +126,22 @@ def run(args) -> int:
             api_key=api_key or None, allow_adapter_loading=args.allow_adapter_loading,
             allowed_hosts=tuple(args.allowed_host), enable_docs=args.enable_docs,
             strict_fields=not args.allow_unknown_fields, max_body_bytes=args.max_body_bytes,
-            keep_alive_s=args.timeout_keep_alive)
+            keep_alive_s=args.timeout_keep_alive, max_adapter_labels=args.max_adapter_labels)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from None
     root = config.adapter_root()
     if root is not None and not root.is_dir():
         raise CLIError(f"--allow-adapter-loading: {args.allow_adapter_loading} is not a "
                        "directory")
+    serve_ray.check_options(args)
     check_port(args.host, args.port)
     warning = bind_warning(args.host, config.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    if args.replicas > 1:
+        return serve_ray.run(args, config)
     adapters = adapter_specs(args.adapter)
     eng = load_engine(args.base, adapters, args, max_waiting=args.max_queue)
-    if eng.is_encoder:
-        raise CLIError(f"{args.base}: the server needs a text-generation (decoder) model")
     if args.served_name:
         if args.served_name in adapters:
             raise CLIError(f"--served-name {args.served_name!r} is also an adapter name")
@@ -142,7 +149,8 @@ def run(args) -> int:
     if eng.base_name in adapters:
         raise CLIError(f"adapter name {eng.base_name!r} equals the base model's name; "
                        "rename the adapter or use --served-name")
-    print(f"serving {eng.base_name} + {len(adapters)} adapter(s) on "
+    kind = "embeddings" if eng.is_encoder else "text generation"
+    print(f"serving {eng.base_name} + {len(adapters)} adapter(s) ({kind}) on "
           f"http://{args.host}:{args.port}/v1", flush=True)
     try:
         server.serve(eng, host=args.host, port=args.port, log_level=args.log_level,

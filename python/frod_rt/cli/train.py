@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     p.add_argument("--dtype", default=None, help="training dtype (default: the model's)")
     p.add_argument("--cache-dir", default=None, help="decomposition cache directory")
+    p.add_argument("--basis", default="frod_rt", choices=("frod_rt", "peft"),
+                   help="frod_rt's float64 basis (default) or PEFT's, so the adapter exports "
+                        "to PEFT exactly (frod-rt export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(run=run)
 
@@ -142,8 +145,15 @@ def run(args) -> int:
 
     torch.manual_seed(args.seed)
     cfg = FrodConfig(target_modules=list(args.targets), sparse_rate=args.sparse_rate,
-                     cache_dir=args.cache_dir, progress=True)
-    fm = get_frod_model(model, cfg, adapter_name=name)
+                     cache_dir=args.cache_dir, progress=True,
+                     # PEFT's basis is per role; frod_rt's own uses the default category mode
+                     category_mode="per_role" if args.basis != "frod_rt" else None)
+    dec = None
+    if args.basis != "frod_rt":
+        from ..method.decompose import decompose
+        dec = decompose(model, cfg.target_modules, cfg.alpha, cache_dir=args.cache_dir,
+                        basis=args.basis)
+    fm = get_frod_model(model, cfg, adapter_name=name, decomposition=dec)
     fm.train()
     opt = torch.optim.AdamW(fm.optimizer_param_groups([name], lr_s=args.lr_s, lr_dl=args.lr_dl,
                                                       weight_decay=args.weight_decay))

@@ -1,8 +1,8 @@
 """The multi-tenant serving engine (see docs/engine.md)."""
 from .engine import Engine
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
-from .outputs import GenerationResult, RequestOutput
+from .outputs import CompletionOutput, GenerationResult, RequestOutput
 from .sampling import SamplingParams
 
-__all__ = ["Engine", "SamplingParams", "RequestOutput", "GenerationResult",
+__all__ = ["Engine", "SamplingParams", "RequestOutput", "CompletionOutput", "GenerationResult",
            "UnknownAdapterError", "EngineOverloadedError", "RequestTooLargeError"]

@@ -11,6 +11,12 @@
   (``AdaptedLinear.set_slot`` / ``reset_slot``, see ``models/slots.py``); the manager only
   decides which instance sits in which slot and calls those two methods. A slot is pinned
   while a running request uses it; unpinned slots are evicted LRU.
+* Bases: adapters trained on frod_rt's own decomposition of the base share its basis; an
+  adapter whose category fingerprints do not match it is served on its own basis of the same
+  base model — the decomposition saved next to it (``<adapter>/decomposition/``, written by
+  ``frod-rt import`` / PEFT imports on load; checked to reconstruct the base's weights), or
+  PEFT's basis (``decompose(..., basis="peft")``). Each layer holds every basis in use
+  (``AdaptedLinear.add_basis``) and computes one group per basis in a step.
 * ``remove`` unregisters the name at once. Requests that have not started yet end with
   "adapter ... was removed" when the scheduler next looks at them; requests that have started
   (running, or preempted and waiting to be recomputed) keep computing with their instance:
@@ -18,6 +24,9 @@
   until its last bound request ends. It is never re-read from disk (the directory may hold
   the new version): if it was already out of memory when removed, a preempted request ends
   with the same error.
+* Virtual instances (``virtual``): an in-memory file under no registered name, e.g. a blend
+  of adapters (``engine/blends.py``); bound by instance, never evicted from the host tier,
+  ended with ``retire``.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ..method.fingerprint import NATIVE_BASIS
 from ..method.patterns import delta_pattern
 from .errors import UnknownAdapterError
 from .models.slots import PatternStore, SlotValues
@@ -47,6 +57,7 @@ class AdapterInstance:
         self.file = file               # AdapterFile while in the host tier, else None
         self.patterns = patterns       # layer -> LayerPattern, with ``file``
         self.layers = sorted(file.layers)
+        self.decomposition = None      # the decomposition (basis) its values are expressed in
         self.slot = -1
         self.pins = 0                  # running requests (and encoder calls) using the slot
         self.requests = 0              # unfinished requests bound to this instance
@@ -116,12 +127,16 @@ class AdapterManager:
     def __contains__(self, name) -> bool:
         return name in self.entries
 
-    def bind(self, name: str | None) -> AdapterInstance | None:
-        """The current instance of ``name`` (None for the base model), counted as used by one
-        more request until :meth:`unbind`. Raises UnknownAdapterError."""
+    def bind(self, name: str | AdapterInstance | None) -> AdapterInstance | None:
+        """The current instance of ``name`` (None for the base model; an instance itself for
+        a virtual one), counted as used by one more request until :meth:`unbind`. Raises
+        UnknownAdapterError."""
         if name is None:
             return None
         with self.lock:
+            if isinstance(name, AdapterInstance):
+                name.requests += 1
+                return name
             e = self.entries.get(name)
             if e is None:
                 raise UnknownAdapterError(name, self.entries)
@@ -162,14 +177,40 @@ class AdapterManager:
         return decompose(self.model, sorted(names), alpha=file.config.alpha,
                          cache_dir=self.cache_dir, progress=self.progress, category_mode=mode)
 
+    def _basis_for(self, file, path: Path):
+        """The decomposition ``file`` fits: frod_rt's own (``_decomposition_for``), else the one
+        saved with the adapter (``path/decomposition``), else PEFT's basis; raises the
+        AdapterError of frod_rt's basis when none fits."""
+        from ..method.adapter_io import AdapterError, check_against
+        from ..method.decompose import decompose
+        from .adapter_sources import saved_basis
+        d = self._decomposition_for(file)
+        try:
+            check_against(file, d)
+            return d
+        except AdapterError as native_error:
+            first = native_error
+        names = sorted(file.layers)
+        for make in (lambda: saved_basis(path, self.model),
+                     lambda: decompose(self.model, names, alpha=file.config.alpha, basis="peft",
+                                       cache_dir=self.cache_dir, progress=False)):
+            other = make()
+            if other is None:
+                continue
+            try:
+                check_against(file, other)
+                return other
+            except AdapterError:
+                continue
+        raise first
+
     def _read(self, name: str, path: Path):
         """Read and validate ``path``; returns (file, decomposition, layer -> LayerPattern)
         (patterns resolved here, off the scheduling path: imported ones are hashed)."""
-        from ..method.adapter_io import AdapterError, check_against, read_adapter
+        from ..method.adapter_io import AdapterError, read_adapter
         f = read_adapter(path, name=name)
         self._check_heads(f)
-        d = self._decomposition_for(f)     # outside the lock: may decompose (slow, cached)
-        check_against(f, d)
+        d = self._basis_for(f, path)       # outside the lock: may decompose (slow, cached)
         missing = [n for n in f.layers if n not in self.layers]
         if missing:
             raise AdapterError(f"adapts {missing[0]!r}, which the engine's forward does not "
@@ -215,9 +256,10 @@ class AdapterManager:
         with self.lock:
             if name in self.entries:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
-            if d is not self.decomposition:
+            if d is not self.decomposition and d.basis == NATIVE_BASIS:
                 self._adopt(d)
             e = AdapterInstance(name, p, f, patterns)
+            e.decomposition = d
             self.entries[name] = e
             self._host_insert(e)
 
@@ -228,11 +270,37 @@ class AdapterManager:
             e = self.entries.pop(name, None)
             if e is None:
                 raise UnknownAdapterError(name, self.entries)
+            self.retire(e)
+
+    def retire(self, e: AdapterInstance) -> None:
+        """End instance ``e`` (``remove`` does this for a name; blends call it directly):
+        requests bound to it that started keep it, the others end as for a removed adapter."""
+        with self.lock:
             e.removed = True
             self.host_lru.pop(e, None)        # no longer evictable: its requests may need it
             if e.slot >= 0 and e.pins == 0:
                 self.device_lru.pop(e.slot, None)
             self._drop_if_unused(e)
+
+    def host_file(self, name: str):
+        """The parsed file of the current instance of ``name`` (read from its directory again
+        if it left the host tier). Raises UnknownAdapterError."""
+        with self.lock:
+            e = self.entries.get(name)
+            if e is None:
+                raise UnknownAdapterError(name, self.entries)
+            f, path = e.file, e.path
+        return f if f is not None else self._read(name, path)[0]
+
+    def virtual(self, name: str, file) -> AdapterInstance:
+        """An instance of the in-memory ``file`` under no registered name (module docstring):
+        checked against the base decomposition; its patterns resolved as for a file read."""
+        from ..method.adapter_io import check_against
+        d = self.decomposition
+        check_against(file, d)
+        patterns = {n: delta_pattern(delta, d, d.layers[n].category, file.config.seed)
+                    for n, delta in file.layers.items()}
+        return AdapterInstance(name, None, file, patterns)
 
     def _drop_if_unused(self, e: AdapterInstance) -> None:
         """Free a removed instance's slot and file once no request uses it."""
@@ -244,11 +312,14 @@ class AdapterManager:
     def _adopt(self, d) -> None:
         """Switch to a decomposition covering more layers; bases of layers already served must
         be identical (they are: a category's basis depends only on its own weights)."""
+        old = self.decomposition
         for name, layer in self.layers.items():
-            if layer.slots is None:
+            if layer.slots is None or old is None or name not in old.layers:
                 continue
             lb = d.layers.get(name)
-            if lb is None or not torch.equal(lb.U.to(self.device, self.dtype), layer.slots.U):
+            have = layer.slots.bases.get(old.categories[old.layers[name].category].fingerprint)
+            if lb is None or (have is not None
+                              and not torch.equal(lb.U.to(self.device, self.dtype), have[1])):
                 raise ValueError(f"layer {name}: the new base decomposition does not match the "
                                  "one in use; cannot serve both adapters")
         self.decomposition = d
@@ -323,7 +394,7 @@ class AdapterManager:
             e.slot = slot
             e.pins = 1
             self.slot_entry[slot] = e
-            if not e.removed:
+            if e in self.host_lru:             # (removed and virtual instances are not)
                 self.host_lru.move_to_end(e)
             return slot
 
@@ -365,26 +436,33 @@ class AdapterManager:
         for head in self.heads.values():
             head.reset_slot(a)
 
-    def _layer(self, name: str):
-        """The adapted layer ``name``, its slots created over the decomposition's basis."""
+    def _layer(self, name: str, d):
+        """The adapted layer ``name`` with decomposition ``d``'s basis registered (slots are
+        created with the first basis used); returns (layer, basis key = category fingerprint)."""
         layer = self.layers[name]
-        if layer.slots is None:
-            d = self.decomposition
-            lb = d.layers[name]
-            cat = d.categories[lb.category]
-            V = self._V.get(cat.key)
+        lb = d.layers[name]
+        cat = d.categories[lb.category]
+        key = cat.fingerprint
+        if layer.slots is None or key not in layer.slots.bases:
+            V = self._V.get(key)
             if V is None:
-                V = self._V[cat.key] = cat.V.to(self.device, self.dtype).contiguous()
-            layer.create_slots(self.A, V, lb.U.to(self.device, self.dtype).contiguous(),
-                               lb.l.to(self.device, self.dtype), self.patterns)
-        return layer
+                V = self._V[key] = cat.V.to(self.device, self.dtype).contiguous()
+            U = lb.U.to(self.device, self.dtype).contiguous()
+            l = lb.l.to(self.device, self.dtype)
+            if layer.slots is None:
+                layer.create_slots(self.A, V, U, l, self.patterns, basis=key)
+            else:
+                layer.add_basis(key, V, U, l)
+        return layer, key
 
     def _fill(self, a: int, e: AdapterInstance) -> None:
-        """Write instance ``e`` into slot ``a`` of every layer it targets."""
+        """Write instance ``e`` into slot ``a`` of every layer it targets (in its basis)."""
+        d = e.decomposition or self.decomposition
         for name in e.layers:
             delta = e.file.layers[name]
-            self._layer(name).set_slot(a, SlotValues(delta.dl, delta.s, e.patterns[name],
-                                                     merge=e.name in self.hot))
+            layer, key = self._layer(name, d)
+            layer.set_slot(a, SlotValues(delta.dl, delta.s, e.patterns[name],
+                                         merge=e.name in self.hot, basis=key))
         for hname, head in self.heads.items():       # modules_to_save copies
             if hname in e.file.modules:
                 head.set_slot(a, e.file.modules[hname])

@@ -18,23 +18,14 @@ from collections import Counter, deque
 
 import torch
 
+from ..method.delta import compute_dtype
+
 
 def merged_weight(st, slot: int) -> torch.Tensor:
-    """``W' = U (diag(l + dl) + S) V^T`` (out, n) of ``slot`` of a layer's SlotTables, from the
-    tables themselves: ``M = (l + dl)[:, None] * V^T`` plus ``s_j * V^T[c_j]`` added to row
-    ``r_j`` (k x n, chunked), then one GEMM ``U M``. Computed in float64 for float64 tables,
-    else float32; returned in the tables' dtype."""
-    dt = st.l.dtype
-    cd = torch.float64 if dt == torch.float64 else torch.float32
-    p = st.patterns.of_slot[slot]
-    Vt = st.V.to(cd).t()
-    M = st.ldl[slot].to(cd)[:, None] * Vt
-    s = st.s_by_k[p.k][slot].to(cd)
-    rows, cols = p.rows.long(), p.cols.long()
-    step = max(1, (1 << 22) // max(1, st.n))
-    for i in range(0, p.k, step):
-        M.index_add_(0, rows[i:i + step], s[i:i + step, None] * Vt[cols[i:i + step]])
-    return (st.U.to(cd) @ M).to(dt).contiguous()
+    """``W' = U (diag(l + dl) + S) V^T`` (out, n) of ``slot`` of a layer's SlotTables, in the
+    slot's basis: ``SlotTables.merged_weight`` (:func:`frod_rt.method.delta.adapted_weight`),
+    computed in float64 for float64 tables, else float32; returned in the tables' dtype."""
+    return st.merged_weight(slot, compute=compute_dtype(st.l.dtype))
 
 
 class AutoMerger:

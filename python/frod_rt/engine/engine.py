@@ -20,12 +20,13 @@ from typing import Iterator
 import torch
 
 from .adapter_manager import AdapterManager
+from .blends import BlendCache
 from .block_manager import BlockManager, KVCache
 from .detokenizer import flush_text, update_text
 from .errors import EngineOverloadedError, RequestTooLargeError, UnknownAdapterError
 from .model_runner import DECODERS, ENCODERS, ModelRunner, encode, wrap_model
 from .models.layers import adapted_layers
-from .outputs import GenerationResult, RequestOutput
+from .outputs import CompletionOutput, GenerationResult, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler
@@ -49,9 +50,16 @@ _LIMITS = {
     "auto_merge_window": 8,         # steps over which row shares are counted
     "auto_merge_share": 0.5,        # merge an adapter holding at least this share of the rows
     "auto_merge_budget_mb": None,   # merged weights at most (default: one copy of the adapted weights)
+    "blend_cache_capacity": 32,     # distinct blends kept when unused (see blends.py)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
     "admission_aging_steps": 16,    # skips for want of an adapter slot before others must wait
 }
+
+
+def _so_far(seq: Sequence, reason: str | None) -> CompletionOutput:
+    """vLLM-shaped cumulative output of ``seq`` (text and token ids emitted so far)."""
+    return CompletionOutput(0, seq.text[:seq.emitted_text_len],
+                            list(seq.output_ids[:seq.emitted_tokens]), reason)
 
 
 def _load_hf(path: Path, dtype, device):
@@ -107,7 +115,9 @@ class Engine:
                                    host_capacity=int(lim["host_adapter_capacity"]),
                                    cache_dir=lim["cache_dir"], progress=bool(lim["progress"]),
                                    merge_hot=lim["merge_hot"])
+        self._work_dir: Path | None = None       # converted adapters (PEFT imports, renames)
         self.pool.heads = dict(getattr(self.model, "heads", {}))
+        self.blends = BlendCache(self.pool, int(lim["blend_cache_capacity"]))
         self._lock = threading.Lock()            # guards the incoming / abort queues
         self._model_lock = threading.RLock()     # one forward at a time
         self._incoming: deque[Sequence] = deque()
@@ -212,32 +222,51 @@ class Engine:
 
     # ---- adapters ------------------------------------------------------------------------
     def add_adapter(self, name: str, path) -> None:
-        """Load and validate adapter ``name`` from ``path``; AdapterError (a ValueError) or
-        FileNotFoundError on a bad adapter, which is refused; the others keep serving."""
-        from ..method.adapter_io import CONFIG_NAME, check_modules, read_config
+        """Load and validate adapter ``name`` from ``path``: a frod_rt adapter directory, or a
+        PEFT FRoD directory (imported on load in frod_rt's basis). AdapterError (a ValueError)
+        or FileNotFoundError on a bad adapter, which is refused; the others keep serving. An
+        adapter of another model is refused with "trained for <model>, this base is <model>";
+        a task-model prefix (``bert.``) is mapped (see ``adapter_sources``)."""
+        from ..method.adapter_io import AdapterError
+        from .adapter_sources import prepare_adapter_dir
         if name == self.base_name:
             raise ValueError(f"adapter name {name!r} is the base model's name")
         p = Path(path)
-        if (p / CONFIG_NAME).is_file():   # a missing file is reported by the pool below
-            check_modules(read_config(p), self.hf_model, where=f"adapter {name!r} ({p}) refused")
-        self.pool.add(name, path)
+        if p.is_dir():
+            if self._work_dir is None:
+                import tempfile
+                self._work_dir = Path(tempfile.mkdtemp(prefix="frod_rt-adapters-"))
+            try:
+                p = prepare_adapter_dir(name, p, self.hf_model, self._work_dir,
+                                        cache_dir=self.limits["cache_dir"])
+            except AdapterError as e:
+                raise type(e)(f"adapter {name!r} ({path}) refused: {e}") from e
+        self.pool.add(name, p)
 
     def remove_adapter(self, name: str) -> None:
         """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Requests bind to
         the adapter *instance* they were submitted with: running ones (preempted ones too)
         finish with it, queued ones that have not started end with "adapter ... was removed"
         (``finish_reason`` "abort"); a later ``add_adapter`` of the same name is a new
-        instance that never serves earlier requests."""
+        instance that never serves earlier requests. Blends containing ``name`` end the
+        same way."""
         self.pool.remove(name)
+        self.blends.drop_component(name)
 
     def adapters(self) -> list[str]:
         return self.pool.names()
 
-    def _check_adapter(self, adapter) -> str | None:
+    def _check_adapter(self, adapter) -> str | tuple | None:
+        """None (base), an adapter name, or a blend's canonical spec ((name, weight), ...)
+        for ``{name: weight}`` (a blend of one adapter with weight 1 is that adapter)."""
         if adapter is None or adapter == "" or adapter == self.base_name:
             return None
+        if isinstance(adapter, dict):
+            spec = self.blends.spec(adapter)
+            return spec[0][0] if len(spec) == 1 and spec[0][1] == 1.0 else spec
         if not isinstance(adapter, str):
-            raise TypeError(f"adapter: expected a name or None, got {type(adapter).__name__}")
+            raise TypeError(f"adapter: expected a name, a {{name: weight}} blend or None, got "
+                            f"{type(adapter).__name__}")
         if adapter not in self.pool:
             raise UnknownAdapterError(adapter, self.pool.names())
         return adapter
@@ -257,10 +286,12 @@ class Engine:
         raise TypeError("prompt: expected a string or a list of token ids")
 
     def add_request(self, prompt, adapter=None, sampling=None, request_id=None) -> str:
-        """Queue a request (thread-safe). Returns its id.
+        """Queue a request (thread-safe). Returns its id. ``adapter``: a name, None (base),
+        or a blend ``{name: weight, ...}`` (served as one virtual adapter, see blends.py).
 
-        Raises UnknownAdapterError, ValueError (bad sampling / empty or too long prompt),
-        EngineOverloadedError when ``max_waiting`` requests are queued."""
+        Raises UnknownAdapterError, ValueError (bad sampling / empty or too long prompt, or
+        adapters that cannot be blended: BlendError), EngineOverloadedError when
+        ``max_waiting`` requests are queued."""
         if self.is_encoder:
             raise ValueError("this engine serves an encoder model: use embed() / classify()")
         adapter = self._check_adapter(adapter)
@@ -275,6 +306,18 @@ class Engine:
             raise RequestTooLargeError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) exceeds the "
                 f"engine's max_model_len {self.max_model_len}")
+        ref = None
+        if isinstance(adapter, tuple):              # a blend: its instance, bound now
+            ref = self.blends.bind(adapter)
+            adapter = ref.name
+        try:
+            return self._queue(prompt, ids, adapter, sp, request_id, ref)
+        except BaseException:
+            self.pool.unbind(ref)
+            raise
+
+    def _queue(self, prompt, ids, adapter, sp, request_id, ref) -> str:
+        """Queue the request; ``ref``: its bound adapter instance (None: bind ``adapter``)."""
         with self._lock:
             if request_id is None:
                 request_id = f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -285,7 +328,8 @@ class Engine:
                 raise EngineOverloadedError(
                     f"engine overloaded: {queued} requests waiting (max_waiting="
                     f"{self.limits['max_waiting']}); retry later")
-            ref = self.pool.bind(adapter)     # the instance this request computes with
+            if ref is None:
+                ref = self.pool.bind(adapter)     # the instance this request computes with
             seq = Sequence(str(request_id), prompt, ids, adapter, sp, adapter_ref=ref)
             if self.limits["record_logits"]:
                 seq.logits = []
@@ -303,6 +347,8 @@ class Engine:
                 self._aborts.add(request_id)
 
     def has_unfinished(self) -> bool:
+        if self.scheduler is None:            # an encoder: nothing is ever queued
+            return False
         with self._lock:
             return bool(self._incoming or self._aborts) or self.scheduler.has_unfinished()
 
@@ -322,7 +368,8 @@ class Engine:
         new_ids = seq.output_ids[seq.emitted_tokens:]
         seq.emitted_tokens = seq.num_output
         text = flush_text(seq) if reason != "abort" or self.tokenizer is not None else ""
-        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason, seq.error))
+        outs.append(RequestOutput(seq.request_id, new_ids, text, True, reason, seq.error,
+                                  seq.timings(), [_so_far(seq, reason)]))
         with self._lock:
             self._seqs.pop(seq.request_id, None)     # finished: the engine forgets it
         self.counters["requests_finished_total"] += 1
@@ -449,7 +496,8 @@ class Engine:
         else:
             new_ids = seq.output_ids[seq.emitted_tokens:]
             seq.emitted_tokens = seq.num_output
-            outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None))
+            outs.append(RequestOutput(seq.request_id, new_ids, new_text, False, None,
+                                      outputs=[_so_far(seq, None)]))
 
     # ---- offline helpers -------------------------------------------------------------------
     @staticmethod
@@ -463,6 +511,7 @@ class Engine:
         """Generate for one prompt or a list of prompts (text or token ids), all batched.
 
         ``adapter`` applies to every prompt; ``adapters`` gives one name (or None) per prompt.
+        A name may be replaced by a blend ``{name: weight, ...}`` (see ``add_request``).
         Returns one GenerationResult per prompt, in order. Drives ``step()`` itself, so do not
         call it while another thread runs the step loop.
         """
@@ -512,7 +561,11 @@ class Engine:
 
     def stream(self, prompt, adapter=None, sampling=None, **sampling_kw
                ) -> Iterator[RequestOutput]:
-        """Yield the RequestOutputs of one request as they are produced (drives step())."""
+        """Yield the RequestOutputs of one request as they are produced (drives step()).
+
+        Each carries this step's delta (``new_text``, ``new_token_ids``) and, as vLLM's
+        streaming does, the cumulative ``outputs[0].text`` / ``outputs[0].token_ids``; the last
+        has ``finished=True`` and ``finish_reason``."""
         sp = SamplingParams.build(sampling, **sampling_kw)
         rid = self.add_request(prompt, adapter, sp)
         try:
@@ -544,7 +597,7 @@ class Engine:
         alist = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * len(tlist)
         if len(alist) != len(tlist):
             raise ValueError(f"adapter: expected {len(tlist)} names (one per text), got {len(alist)}")
-        alist = [self._check_adapter(a) for a in alist]
+        alist = [self._check_adapter(a) for a in alist]       # names, blend specs or None
         toks, types = [], []
         for t in tlist:
             if isinstance(t, str):
@@ -556,13 +609,17 @@ class Engine:
             else:
                 toks.append(self._tokenize(t)[: self.max_model_len])
                 types.append([0] * len(toks[-1]))
+                vocab = self.hf_model.config.vocab_size
+                if toks[-1] and (min(toks[-1]) < 0 or max(toks[-1]) >= vocab):
+                    raise ValueError(f"texts: token ids must lie in [0, {vocab})")
             if not toks[-1]:
                 raise ValueError("texts: an entry has no tokens")
         with self._model_lock:
             slots = {}
             try:
                 for a in dict.fromkeys(x for x in alist if x is not None):
-                    slots[a] = self._acquire_blocking(self.pool.bind(a))
+                    ref = self.blends.bind(a) if isinstance(a, tuple) else self.pool.bind(a)
+                    slots[a] = self._acquire_blocking(ref)
                 row_slots = [slots[a] if a is not None else -1 for a in alist]
                 order = sorted(range(len(tlist)), key=lambda i: row_slots[i])
                 rs = [row_slots[i] for i in order]
@@ -601,7 +658,7 @@ class Engine:
         """Sentence embeddings (N, hidden), float32: mean of the last hidden states over each
         text's tokens, L2-normalised (as sentence-transformers' all-MiniLM-L6-v2).
         ``texts``: a string / token-id list, or a list of them. ``adapter``: one name (or
-        None) for all texts, or one per text."""
+        None, or a blend ``{name: weight}``) for all texts, or one per text."""
         def head(h, starts, lens, _):
             pooled = torch.stack([h[s:s + n].float().mean(0) for s, n in zip(starts, lens)])
             return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
@@ -630,10 +687,15 @@ class Engine:
             s["kv_blocks_used"] = self.block_manager.num_used
             s["kv_cache_bytes"] = self.kv.nbytes()
         s.update(self.pool.stats())
+        s["blends_cached"] = len(self.blends)
+        s["blend_builds_total"] = self.blends.builds_total
         return s
 
     def close(self) -> None:
         self.pool.close()
+        if self._work_dir is not None:
+            import shutil
+            shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return (f"Engine({self.base_name!r}, {type(self.hf_model).__name__}, device={self.device},"

@@ -100,7 +100,8 @@ def random_adapter(model, path, target_modules, name: str | None = None,
     ``explicit_pattern`` stores a random pattern (rows/cols) per layer, like an imported
     adapter.
     """
-    from ..method.adapter_io import AdapterConfig, AdapterFile, LayerDelta, write_adapter
+    from ..method.adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterFile, LayerDelta,
+                                     base_fields, write_adapter)
     from ..method.decompose import decompose
     from ..method.patterns import pattern_size, positions_to_pairs
     d = decomposition or decompose(model, target_modules, cache_dir=cache_dir, progress=False,
@@ -122,10 +123,10 @@ def random_adapter(model, path, target_modules, name: str | None = None,
                 rows, cols = positions_to_pairs(pos, n)
             layers[lname] = LayerDelta(dl.to(torch.float32), s.to(torch.float32), rows, cols)
     tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    cfg = AdapterConfig(1, d.fingerprint, tm, float(sparse_rate), int(pattern_seed), d.alpha,
-                        cats, {})
+    cfg = AdapterConfig(FORMAT_VERSION, d.fingerprint, tm, float(sparse_rate), int(pattern_seed),
+                        d.alpha, cats, {}, **base_fields(d))
     af = AdapterFile(name or Path(path).name, cfg, layers)
-    write_adapter(path, af)
+    write_adapter(af, path)
     return af
 
 

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..method.adapter_io import AdapterConfig, AdapterError, AdapterFile, FORMAT_VERSION, LayerDelta
+from ..method.adapter_io import (AdapterConfig, AdapterError, AdapterFile, FORMAT_VERSION,
+                                 LayerDelta, base_fields)
 from ..method.basis import Category, Decomposition, LayerBasis
 from ..method.decompose import category_key
-from ..method.fingerprint import _tensor_bytes, base_fingerprint
+from ..method.fingerprint import _tensor_bytes, decomposition_fingerprint
+from ..method.joint import split_in_basis
 from ..method.patterns import layer_pattern
 
 class BasisMismatch(AdapterError):
@@ -61,20 +63,9 @@ class ForeignLayer:
 
 
 def foreign_split(weight: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``U, l0`` (float64) with ``W = U diag(l0) V^T``: ``B = W V^-T``, ``l0`` = column norms of
-    ``B``, ``U = B / l0`` (zero columns where ``l0 <= 1e-12``). Solves, never forms ``V^-1``;
-    falls back to a pseudo-inverse (rtol 1e-6) for a singular ``V``, like PEFT."""
-    w = weight.detach().to("cpu", torch.float64)
-    v = V.detach().to("cpu", torch.float64)
-    try:
-        B = torch.linalg.solve(v, w.T).T
-    except RuntimeError:
-        B = w @ torch.linalg.pinv(v, rtol=1e-6).T
-    l0 = torch.linalg.norm(B, dim=0)
-    U = torch.zeros_like(B)
-    nz = l0 > 1e-12
-    U[:, nz] = B[:, nz] / l0[nz]
-    return U, l0
+    """``U, l0`` (float64) with ``W = U diag(l0) V^T`` (:func:`frod_rt.method.joint.split_in_basis`:
+    a solve, a pseudo-inverse for a singular ``V`` like PEFT, zero columns where ``l0 <= 1e-12``)."""
+    return split_in_basis(weight, V)
 
 
 def signed_permutation(V_ours: torch.Tensor, V_f: torch.Tensor
@@ -202,7 +193,7 @@ def _make_adapter(name, decomposition, layers, keys, mapped, sparse_rate, extra,
     cfg = AdapterConfig(FORMAT_VERSION, decomposition.fingerprint,
                         list(decomposition.target_modules), float(sparse_rate), 0,
                         float(decomposition.alpha), _category_table(layers, keys, k_of, fps),
-                        dict(extra))
+                        dict(extra), **base_fields(decomposition))
     return AdapterFile(name, cfg, _deltas(layers, keys, decomposition, mapped, dtype))
 
 
@@ -266,7 +257,8 @@ def to_our_basis(layers: list[ForeignLayer], decomposition: Decomposition, *, na
 
 def file_basis(layers: list[ForeignLayer], *, alpha: float, target_modules: list[str],
                name: str, sparse_rate: float, extra: dict, dtype=torch.float32,
-               tag: str = "foreign") -> tuple[AdapterFile, Decomposition]:
+               tag: str = "foreign", identity: dict | None = None
+               ) -> tuple[AdapterFile, Decomposition]:
     """Keep the foreign basis: a :class:`Decomposition` with the foreign ``V`` (and ``U, l``
     recomputed from the base weights in float64) plus the adapter on it, carried over exactly.
 
@@ -304,8 +296,8 @@ def file_basis(layers: list[ForeignLayer], *, alpha: float, target_modules: list
             if rows.numel():
                 rows, cols, s = _sorted_pattern(rows, cols, s)
             mapped[fl.name] = (fl.dl.to(torch.float64), rows, cols, s)
-    dec = Decomposition(base_fingerprint(alpha, cat_fps), float(alpha), list(target_modules),
-                        cats, bases, {"basis": tag})
+    dec = Decomposition(decomposition_fingerprint(alpha, cat_fps, tag), float(alpha),
+                        list(target_modules), cats, bases, {"basis": tag, **(identity or {})})
     adapter = _make_adapter(name, dec, layers, keys, mapped, sparse_rate,
                             dict(extra, basis=tag, max_rel_error=0.0), dtype)
     return adapter, dec
@@ -322,7 +314,7 @@ def resolve_basis(layers: list[ForeignLayer], base_model, *, basis: str,
     else file). Returns (adapter, its decomposition, the basis used, worst measured error).
     """
     from ..method.adapter_io import check_against
-    from ..method.decompose import decompose
+    from ..method.decompose import base_identity, decompose
 
     err = None
     if basis in ("auto", "frod_rt"):
@@ -343,5 +335,19 @@ def resolve_basis(layers: list[ForeignLayer], base_model, *, basis: str,
             err = str(e)
     adapter, dec = file_basis(layers, alpha=alpha, target_modules=[fl.name for fl in layers],
                               name=name, sparse_rate=sparse_rate,
-                              extra=dict(extra, frod_rt_basis_rejected=err), dtype=dtype, tag=tag)
+                              extra=dict(extra, frod_rt_basis_rejected=err), dtype=dtype, tag=tag,
+                              identity=base_identity(base_model))
     return adapter, dec, "file", 0.0
+
+
+def save_import(adapter: AdapterFile, decomposition: Decomposition, basis: str, path) -> None:
+    """Write an imported adapter to the directory ``path`` so that the engine serves it: the
+    adapter files and, when it was kept in a foreign basis (``basis != "frod_rt"``), its
+    decomposition in ``path/decomposition`` (``Decomposition.save``), which the engine loads
+    as a basis of its own."""
+    from pathlib import Path
+
+    from ..method.adapter_io import BASIS_DIR, write_adapter
+    write_adapter(adapter, path)
+    if basis != "frod_rt":
+        decomposition.save(Path(path) / BASIS_DIR)

@@ -43,7 +43,7 @@ from ..method.adapter_io import AdapterError, AdapterFile
 from ..method.basis import Decomposition
 from ..method.categories import linear_weight
 from .peft_dir import read_peft_frod_dir, split_lambda_tensors
-from ._foreign import ForeignLayer, check_foreign_bases, resolve_basis
+from ._foreign import ForeignLayer, check_foreign_bases, resolve_basis, save_import
 
 __all__ = ["OfficialImport", "import_official", "official_category", "load_projection_cache"]
 
@@ -59,6 +59,11 @@ class OfficialImport:
     basis: str
     max_rel_error: float
     ignored_keys: list[str]
+
+    def save(self, path) -> None:
+        """Write the adapter to ``path``, with its decomposition (``path/decomposition``) when
+        it is kept in a foreign basis, so ``Engine.load`` / ``frod-rt serve`` serve it."""
+        save_import(self.adapter, self.decomposition, self.basis, path)
 
 
 def official_category(key: str) -> str:

@@ -39,10 +39,11 @@ from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
 from ..method.categories import decomposition_category_mode, is_conv1d, linear_weight
 from ..method.decompose import decompose
+from ..method.joint import peft_joint_basis
 from ..method.patterns import delta_pattern
 from .peft_dir import read_peft_frod_dir, split_lambda_tensors
 from ._foreign import (ForeignLayer, check_foreign_bases, foreign_split, resolve_basis,
-                       signed_permutation)
+                       save_import, signed_permutation)
 
 __all__ = ["PeftImport", "import_peft", "export_peft", "peft_category", "peft_projections"]
 
@@ -63,6 +64,11 @@ class PeftImport:
     basis: str
     max_rel_error: float
     ignored_keys: list[str]
+
+    def save(self, path) -> None:
+        """Write the adapter to ``path``, with its decomposition (``path/decomposition``) when
+        it is kept in a foreign basis, so ``Engine.load`` / ``frod-rt serve`` serve it."""
+        save_import(self.adapter, self.decomposition, self.basis, path)
 
 
 # ----------------------------------------------------------------- PEFT's own conventions
@@ -96,19 +102,7 @@ def _peft_layer_index(key: str, fallback: int) -> int:
 
 def _peft_basis(mats: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """PEFT's shared basis of one category, computed as PEFT computes it (float32)."""
-    stacked = torch.cat(mats, dim=0)
-    if stacked.shape[0] < stacked.shape[1]:
-        return torch.linalg.svd(stacked, full_matrices=True)[2].T
-    q, r = torch.linalg.qr(stacked)
-    dim = r.shape[1]
-    t = torch.zeros((dim, dim), dtype=r.dtype)
-    start = 0
-    for m in mats:
-        qi = q[start:start + m.shape[0]]
-        start += m.shape[0]
-        t += torch.linalg.inv(qi.T @ qi + alpha * torch.eye(dim, dtype=r.dtype))
-    t /= len(mats)
-    return r.T @ torch.linalg.eigh(t)[1]
+    return peft_joint_basis(mats, alpha)
 
 
 def peft_projections(base_model: nn.Module, layer_names: list[str], *, alpha: float = 1e-3,
@@ -379,6 +373,13 @@ def _common_rate(ks: dict[int, int]) -> float:
                        "(PEFT derives k = floor(n*n*sparse_rate) for every category)")
 
 
+def _decomposition_of(adapter: AdapterFile, base_model: nn.Module, cache_dir):
+    """(adapter fitted to ``base_model``, the decomposition it was trained on): frod_rt's basis
+    or PEFT's, whichever its category fingerprints match (``adapter_fit.find_decomposition``)."""
+    from ..method.adapter_fit import find_decomposition
+    return find_decomposition(adapter, base_model, cache_dir)
+
+
 def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
                 decomposition: Decomposition | None = None, *, tol: float = 1e-3,
                 cache_dir=None) -> float:
@@ -387,8 +388,10 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
 
     The values are expressed in the basis PEFT will compute for ``base_model`` (float32, its
     own algorithm): ``lambda_l = l0_peft + dl``, ``S`` and its pattern permuted/sign-flipped
-    to PEFT's columns. ``decomposition`` is the one the adapter belongs to (default:
-    frod_rt's decomposition of the adapter's layers); ``check_against`` is applied.
+    to PEFT's columns. ``decomposition`` is the one the adapter belongs to (default: the
+    decomposition of the adapter's layers on frod_rt's basis or PEFT's, whichever it was
+    trained on); ``check_against`` is applied. Adapters trained on
+    ``decompose(..., basis="peft")`` export exactly (error 0).
 
     Returns:
         the largest measured relative error of a layer's update (0 when the bases agree).
@@ -404,10 +407,8 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
         raise AdapterError(f"adapter {adapter.name!r} uses shared-input categories (q,k,v "
                            "share one basis); PEFT FRoD has one category per role: train it "
                            "with FrodConfig(category_mode='per_role') to export it")
-    names_all = [n for c in adapter.config.categories.values() for n in c["layers"]]
-    if decomposition is None:
-        decomposition = decompose(base_model, names_all, alpha=adapter.config.alpha,
-                                  progress=False, cache_dir=cache_dir)
+    if decomposition is None:   # the basis it fits: frod_rt's, or PEFT's (exact export)
+        adapter, decomposition = _decomposition_of(adapter, base_model, cache_dir)
     check_against(adapter, decomposition)
     modules = dict(base_model.named_modules())
     names = [n for n, _ in base_model.named_modules() if n in adapter.layers]

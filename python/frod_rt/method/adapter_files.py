@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFile, LayerDelta,
-                         check_against)
+                         base_fields, check_against)
 from .categories import decomposition_category_mode
 from .config import FrodConfig, check_adapter_name
 from .patterns import delta_pattern
@@ -36,7 +36,8 @@ def export_adapter(fm, name: str) -> AdapterFile:
     extra["target_modules_is_regex"] = regex
     config = AdapterConfig(FORMAT_VERSION, fm.fingerprint,
                            [cfg.target_modules] if regex else list(cfg.target_modules),
-                           cfg.sparse_rate, cfg.seed, cfg.alpha, cats, extra)
+                           cfg.sparse_rate, cfg.seed, cfg.alpha, cats, extra,
+                           **base_fields(fm.decomposition))
     modules = {m: {k: t.detach().cpu().clone() for k, t in c.state_dict().items()}
                for m, c in _saved.copies_of(fm, name).items()}
     return AdapterFile(name, config, layers, modules)
@@ -71,6 +72,8 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
     if name in fm.adapter_configs:
         raise ValueError(f"adapter {name!r} already exists; delete_adapter() it or load under "
                          "another name")
+    from .adapter_fit import fit_adapter_to_model
+    adapter = fit_adapter_to_model(adapter, fm.model)     # another model: one clear error
     decomposition = fm.decomposition
     check_against(adapter, decomposition)
     _check_modules(fm, adapter, name)

@@ -1,8 +1,13 @@
 """FRoD adapter files: ``<dir>/frod_adapter.json`` + ``<dir>/frod_adapter.safetensors``.
 
 The JSON holds the :class:`AdapterConfig` (``format`` = "frod_rt.adapter", ``format_version``,
-``name``, ``base_fingerprint``, ``target_modules``, ``sparse_rate``, ``seed``, ``alpha``,
-``categories`` = key -> {"out", "in", "k", "layers", "fingerprint"}, ``extra``). The
+``name``, ``decomposition_fingerprint``, ``base_fingerprint``, ``base_model``,
+``target_modules``, ``sparse_rate``, ``seed``, ``alpha``,
+``categories`` = key -> {"out", "in", "k", "layers", "fingerprint"}, ``extra``). Format 2
+records both fingerprints (see :mod:`.fingerprint`): the *decomposition* the adapter was
+trained on and the *base* weights alone, plus ``base_model`` (architecture, model type,
+hidden size, layers). Format 1 files are still read: their ``base_fingerprint`` field held the
+decomposition fingerprint, and they record no base fingerprint or model. The
 safetensors file holds ``<layer>.dl`` (in,) and ``<layer>.s`` (k,) for every listed layer,
 plus ``<layer>.rows`` / ``<layer>.cols`` (k,) int32 when that layer's pattern is not the
 default ``sparse_pattern`` (imported adapters). Optional ``modules_to_save`` (JSON: module
@@ -24,17 +29,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .categories import (category_accepts, category_key, is_supported, layer_out_in_category,
-                         linear_weight)
+from .categories import category_accepts, category_key
 
 FORMAT_NAME = "frod_rt.adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "frod_adapter.json"
+BASIS_DIR = "decomposition"     # an adapter's own basis, saved next to it (imports in a foreign basis)
 WEIGHTS_NAME = "frod_adapter.safetensors"
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 __all__ = ["AdapterError", "LayerDelta", "AdapterConfig", "AdapterFile", "read_adapter",
-           "write_adapter", "check_against", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "write_adapter", "check_against", "other_model_error", "base_fields", "FORMAT_VERSION",
+           "CONFIG_NAME", "WEIGHTS_NAME"]
 
 
 class AdapterError(ValueError):
@@ -53,13 +60,23 @@ class LayerDelta:
 @dataclass
 class AdapterConfig:
     format_version: int
-    base_fingerprint: str
+    decomposition_fingerprint: str           # the decomposition trained on (weights+targets+alpha+basis)
     target_modules: list[str]
     sparse_rate: float
     seed: int
     alpha: float
     categories: dict[str, dict]              # key -> {"out", "in", "k", "layers", "fingerprint"}
     extra: dict = field(default_factory=dict)
+    base_fingerprint: str = ""               # the base model's weights alone ("" if unrecorded)
+    base_model: dict = field(default_factory=dict)   # fingerprint.describe_model of the base
+
+
+def base_fields(decomposition) -> dict:
+    """``{"base_fingerprint", "base_model"}`` keyword arguments of :class:`AdapterConfig` for an
+    adapter trained on ``decomposition`` (empty values when it records none)."""
+    extra = getattr(decomposition, "extra", {}) or {}
+    return {"base_fingerprint": str(extra.get("base_fingerprint", "")),
+            "base_model": dict(extra.get("base_model") or {})}
 
 
 @dataclass
@@ -120,9 +137,11 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
     if raw.get("format", FORMAT_NAME) != FORMAT_NAME:
         _fail(path, f"not a frod_rt adapter (format {raw.get('format')!r})")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
-        _fail(path, f"unsupported format_version {version!r} (this frod_rt reads {FORMAT_VERSION})")
-    need = {"base_fingerprint": str, "target_modules": list, "sparse_rate": (int, float),
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        _fail(path, f"unsupported format_version {version!r} (this frod_rt reads "
+                    f"{', '.join(map(str, READABLE_VERSIONS))})")
+    dec_field = "base_fingerprint" if version == 1 else "decomposition_fingerprint"
+    need = {dec_field: str, "target_modules": list, "sparse_rate": (int, float),
             "seed": int, "alpha": (int, float), "categories": dict}
     for key, typ in need.items():
         if key not in raw:
@@ -168,10 +187,15 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
     extra = raw.get("extra", {})
     if not isinstance(extra, dict):
         _fail(path, "'extra' must be an object")
+    base_fp, base_model = "", {}
+    if version >= 2:
+        base_fp, base_model = raw.get("base_fingerprint", ""), raw.get("base_model", {})
+        if not isinstance(base_fp, str) or not isinstance(base_model, dict):
+            _fail(path, "'base_fingerprint' must be a string and 'base_model' an object")
     name = raw.get("name")
     return (name if isinstance(name, str) else None), AdapterConfig(
-        version, raw["base_fingerprint"], list(raw["target_modules"]), float(raw["sparse_rate"]),
-        int(raw["seed"]), float(raw["alpha"]), cats, dict(extra))
+        version, raw[dec_field], list(raw["target_modules"]), float(raw["sparse_rate"]),
+        int(raw["seed"]), float(raw["alpha"]), cats, dict(extra), base_fp, dict(base_model))
 
 
 def _check_tensors(path, config: AdapterConfig, tensors: dict[str, torch.Tensor],
@@ -250,44 +274,26 @@ def read_adapter(path, name: str | None = None) -> AdapterFile:
     return AdapterFile(name or stored_name or path.name, config, layers, modules)
 
 
-def read_config(path) -> AdapterConfig:
-    """The validated config of an adapter directory (its JSON only; AdapterError if bad)."""
-    path = Path(path)
-    try:
-        raw = json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        _fail(path, f"{CONFIG_NAME} is missing or not valid JSON ({e})")
-    return _parse_config(path, raw)[1]
-
-
-def check_modules(config: AdapterConfig, model, where: str = "adapter") -> None:
-    """AdapterError unless every layer the adapter names is a layer of ``model`` that FRoD can
-    adapt (``nn.Linear`` or ``Conv1D``) with its category's (out, in) shape."""
-    modules = dict(model.named_modules())
-    for key, c in config.categories.items():
-        for name in c["layers"]:
-            m = modules.get(name)
-            if m is None:
-                raise AdapterError(f"{where}: layer {name!r} does not exist in the base model")
-            if not is_supported(m):
-                raise AdapterError(f"{where}: layer {name!r} is a {type(m).__name__}; FRoD "
-                                   "adapts nn.Linear and Conv1D layers only")
-            shape = tuple(linear_weight(m).shape)
-            want = (layer_out_in_category(key, name, c["out"]), c["in"])
-            if shape != want:
-                raise AdapterError(f"{where}: layer {name!r} has shape {shape[0]}x{shape[1]} in "
-                                   f"the base, the adapter's category {key!r} says "
-                                   f"{want[0]}x{want[1]}")
-
-
-def write_adapter(path, adapter: AdapterFile) -> None:
+def write_adapter(adapter: AdapterFile, path) -> None:
     """Write ``adapter`` to the directory ``path`` (created if needed). Files are written to
     temporaries and renamed, so a crash never leaves a half-written adapter under the final
-    names. The result is checked by the same rules as :func:`read_adapter` before writing."""
+    names. The result is checked by the same rules as :func:`read_adapter` before writing.
+
+    Argument order: the adapter, then where it goes (as ``export_peft``, ``torch.save``). The
+    old order ``write_adapter(path, adapter)`` still works, with a DeprecationWarning."""
+    if isinstance(path, AdapterFile) and not isinstance(adapter, AdapterFile):
+        import warnings
+        warnings.warn("write_adapter(path, adapter) is deprecated: use write_adapter(adapter, "
+                      "path)", DeprecationWarning, stacklevel=2)
+        adapter, path = path, adapter
+    if not isinstance(adapter, AdapterFile):
+        raise TypeError(f"write_adapter: expected an AdapterFile, got {type(adapter).__name__}")
     path = Path(path)
     cfg = adapter.config
     raw = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": adapter.name,
-           "base_fingerprint": cfg.base_fingerprint, "target_modules": list(cfg.target_modules),
+           "decomposition_fingerprint": cfg.decomposition_fingerprint,
+           "base_fingerprint": cfg.base_fingerprint, "base_model": dict(cfg.base_model),
+           "target_modules": list(cfg.target_modules),
            "sparse_rate": float(cfg.sparse_rate), "seed": int(cfg.seed),
            "alpha": float(cfg.alpha),
            "categories": {k: {"out": int(c["out"]), "in": int(c["in"]), "k": int(c["k"]),
@@ -318,45 +324,88 @@ def write_adapter(path, adapter: AdapterFile) -> None:
     os.replace(tmp_c, path / CONFIG_NAME)
 
 
+def _adapter_summary(adapter: AdapterFile) -> str:
+    """"BertModel (bert, hidden size 32, 2 layers)", or for files that record no model, the
+    shapes of its categories."""
+    from .fingerprint import model_summary
+    if adapter.config.base_model.get("architecture"):
+        return model_summary(adapter.config.base_model)
+    shapes = sorted({f"{c['out']}x{c['in']}" for c in adapter.config.categories.values()})
+    first = next(iter(adapter.config.categories))
+    return f"a model with layers like {first.split(':')[0]!r} (shapes {', '.join(shapes)})"
+
+
+def other_model_error(adapter: AdapterFile, base_model: dict, base_fp: str, detail: str
+                      ) -> AdapterError:
+    """The one error for an adapter that does not fit this base model: "adapter 'x' was
+    trained for <arch> (<type>, hidden size H, N layers), this base is <arch> (...)" plus the
+    base fingerprints when both are known and ``detail`` (the first mismatch found)."""
+    from .fingerprint import model_summary
+    cfg = adapter.config
+    mine, theirs = model_summary(base_model), _adapter_summary(adapter)
+    if cfg.base_fingerprint and base_fp and cfg.base_fingerprint == base_fp:
+        return AdapterError(
+            f"adapter {adapter.name!r} records this base model (base fingerprint "
+            f"{base_fp[:12]}...) but does not fit this decomposition of it (its decomposition "
+            f"fingerprint {cfg.decomposition_fingerprint[:12] or 'unrecorded'}...; other targets, "
+            f"alpha or basis?): {detail}")
+    if theirs == mine:
+        msg = (f"adapter {adapter.name!r} was trained for a different base model of the same "
+               f"architecture, {mine}")
+    else:
+        msg = f"adapter {adapter.name!r} was trained for {theirs}, this base is {mine}"
+    if cfg.base_fingerprint and base_fp:
+        msg += f" (base fingerprint {cfg.base_fingerprint[:12]}..., this base {base_fp[:12]}...)"
+    return AdapterError(f"{msg}: {detail}")
+
+
 def check_against(adapter: AdapterFile, decomposition) -> None:
     """Check that ``adapter`` fits ``decomposition`` (a :class:`Decomposition`).
 
-    Accepted when the base fingerprints are equal, or when every category of the adapter
-    exists in the decomposition with the same category fingerprint (the adapter targets a
-    subset of the decomposed layers of the same base). Every layer must belong to the
-    decomposition, in the same category, with matching (out, in).
+    Accepted when the decomposition fingerprints are equal, or when every category of the
+    adapter exists in the decomposition with the same category fingerprint (the adapter
+    targets a subset of the decomposed layers of the same base). Every layer must belong to
+    the decomposition, in the same category, with matching (out, in).
 
     Raises:
-        AdapterError naming the mismatch.
+        AdapterError naming the mismatch: "trained for <model>, this base is <model>" (another
+        base model), "trained on this base model but on another decomposition" (same base
+        fingerprint; other targets, alpha or basis), or the alpha / layer that differs.
     """
     cfg = adapter.config
     where = f"adapter {adapter.name!r}"
     if not math.isclose(cfg.alpha, decomposition.alpha, rel_tol=1e-12):
         raise AdapterError(f"{where}: trained with alpha={cfg.alpha}, the base was decomposed "
                            f"with alpha={decomposition.alpha}")
-    same_base = cfg.base_fingerprint == decomposition.fingerprint
+    extra = getattr(decomposition, "extra", {}) or {}
+
+    def refuse(detail: str):
+        raise other_model_error(adapter, extra.get("base_model") or {},
+                                str(extra.get("base_fingerprint", "")), detail)
+
+    same_dec = cfg.decomposition_fingerprint == decomposition.fingerprint
     for key, c in cfg.categories.items():
         cat = decomposition.categories.get(key)
         if cat is None:
-            raise AdapterError(f"{where}: category {key!r} is not among the decomposed "
-                               f"categories of this base ({sorted(decomposition.categories)})")
-        if not same_base and (not c.get("fingerprint") or c["fingerprint"] != cat.fingerprint):
-            raise AdapterError(
-                f"{where}: trained on a different base model (adapter base fingerprint "
-                f"{cfg.base_fingerprint[:16]}..., this base {decomposition.fingerprint[:16]}...; "
-                f"category {key!r} differs)")
+            shape_twin = [k for k in decomposition.categories if k.split(":")[0] == key.split(":")[0]]
+            refuse(f"its category {key!r} is not among this base's decomposed categories"
+                   + (f" (this base has {shape_twin[0]!r})" if shape_twin else ""))
         if (c["out"], c["in"]) != (cat.out_features, cat.in_features):
-            raise AdapterError(f"{where}: category {key!r} has shape {c['out']}x{c['in']}, the "
-                               f"base has {cat.out_features}x{cat.in_features}")
+            refuse(f"category {key!r} has shape {c['out']}x{c['in']}, this base "
+                   f"{cat.out_features}x{cat.in_features}")
+        if not same_dec and (not c.get("fingerprint") or c["fingerprint"] != cat.fingerprint):
+            refuse(f"the weights of category {key!r} differ (category fingerprint "
+                   f"{(c.get('fingerprint') or 'unrecorded')[:12]}..., this base "
+                   f"{cat.fingerprint[:12]}...)")
         for name in c["layers"]:
             basis = decomposition.layers.get(name)
             if basis is None or basis.category != key:
-                raise AdapterError(f"{where}: layer {name!r} is not a decomposed layer of "
-                                   f"category {key!r} in this base")
+                refuse(f"layer {name!r} is not a decomposed layer of category {key!r} in "
+                       "this base")
     for name, d in adapter.layers.items():
         basis = decomposition.layers.get(name)
         if basis is None:
-            raise AdapterError(f"{where}: layer {name!r} is not decomposed in this base")
+            refuse(f"layer {name!r} is not decomposed in this base")
         if d.dl.shape != basis.l.shape:
             raise AdapterError(f"{where}: layer {name!r} dl has shape {tuple(d.dl.shape)}, the "
                                f"base layer needs {tuple(basis.l.shape)}")

@@ -49,13 +49,38 @@ class Category:
 
 @dataclass
 class Decomposition:
-    """The decomposition of the targeted layers of one base model."""
+    """The decomposition of the targeted layers of one base model.
+
+    ``fingerprint`` is the **decomposition fingerprint** (weights decomposed, targets, alpha,
+    basis; also :attr:`decomposition_fingerprint`); the **base fingerprint** of the weights
+    alone, the model's description and the basis name live in ``extra`` (``base_fingerprint``,
+    ``base_model``, ``basis``; see :mod:`.fingerprint`) and are read through the properties."""
     fingerprint: str
     alpha: float
     target_modules: list[str]
     categories: dict[str, Category]
     layers: dict[str, LayerBasis]
     extra: dict = field(default_factory=dict)
+
+    @property
+    def decomposition_fingerprint(self) -> str:
+        return self.fingerprint
+
+    @property
+    def base_fingerprint(self) -> str:
+        """sha256 of the base model's weights alone ("" when not recorded)."""
+        return str(self.extra.get("base_fingerprint", ""))
+
+    @property
+    def base_model(self) -> dict:
+        """``fingerprint.describe_model`` of the base ({} when not recorded)."""
+        return dict(self.extra.get("base_model") or {})
+
+    @property
+    def basis(self) -> str:
+        """"frod_rt" (float64 joint basis), "peft" (PEFT's float32 basis) or a foreign
+        file's basis tag."""
+        return str(self.extra.get("basis", "frod_rt"))
 
     def to(self, device=None, dtype=None) -> "Decomposition":
         """A copy with every U, l, V moved/cast (fingerprints unchanged)."""

@@ -228,6 +228,19 @@ def category_accepts(key: str, layer_name: str, out_features: int, in_features: 
             and sum(outs) == int(out_features))
 
 
+def key_for_layer(key: str, layer_name: str, out_features: int, in_features: int) -> str:
+    """The key category ``key`` (of (out, in) ``out_features`` x ``in_features``) gets when its
+    layers are renamed so that one of them is ``layer_name``: :func:`category_key` for a
+    per-role key; for a shared-input key the same roles and shapes under the layer's parent."""
+    parts = shared_input_parts(key)
+    if parts is None:
+        return category_key(layer_name, out_features, in_features)
+    _, roles, outs, n = parts
+    parent = layer_name.rpartition(".")[0]
+    stem = _INDEX.sub("*", parent) + "." if parent else ""
+    return f"{stem}{{{','.join(roles)}}}:{'+'.join(str(o) for o in outs)}x{n}"
+
+
 def layer_out_in_category(key: str, layer_name: str, out_features: int) -> int:
     """The out_features a layer of category ``key`` has: the category's own for a per-role
     key, the one of the layer's role (``o_k`` of ``{q_proj,k_proj,v_proj}:o_q+o_k+o_vxin``) for a

@@ -23,11 +23,14 @@ from tqdm.auto import tqdm
 from .basis import Category, Decomposition, LayerBasis, layer_outs
 from .categories import (category_key, find_targets, group_categories, is_shared_input_key,
                          linear_weight, with_input_siblings)
-from .fingerprint import base_fingerprint, category_fingerprint
-from .joint import ALGORITHM_VERSION, joint_basis, scale_split
+from .fingerprint import (NATIVE_BASIS, category_fingerprint, decomposition_fingerprint,
+                          describe_model, model_fingerprint)
+from .joint import ALGORITHM_VERSION, joint_basis, peft_joint_basis, scale_split, split_in_basis
 
 __all__ = ["LayerBasis", "Category", "Decomposition", "decompose", "category_key",
-           "linear_weight", "default_cache_dir", "decompose_category"]
+           "linear_weight", "default_cache_dir", "decompose_category", "base_identity", "BASES"]
+
+BASES = (NATIVE_BASIS, "peft")
 
 
 def default_cache_dir() -> Path:
@@ -51,11 +54,30 @@ def _threads_for(flops: float):
             torch.set_num_threads(prev)
 
 
-def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype
+def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype,
+                       basis: str = NATIVE_BASIS
                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """V (in, in), [U_i (out_i, in)], [l_i (in,)] of one category, computed in float64 on CPU
-    and returned in ``dtype`` on CPU."""
+    """V (in, in), [U_i (out_i, in)], [l_i (in,)] of one category on CPU in ``dtype``.
+
+    ``basis="frod_rt"``: the float64 joint decomposition (:func:`.joint.joint_basis`); the
+    weights may differ in ``out`` (a shared-input category stacks q, k, v).
+    ``basis="peft"``: ``V`` as upstream PEFT computes it (float32, :func:`.joint.peft_joint_basis`,
+    cast to the weights' dtype as PEFT does), then ``U_i, l_i`` split off ``W_i`` in that basis in
+    float64 (:func:`.joint.split_in_basis`), so ``W_i = U_i diag(l_i) V^T`` to round-off and
+    adapters trained on it export to PEFT exactly."""
     in_f = weights[0].shape[1]
+    if basis == "peft":
+        # torch's own thread count, as in PEFT: LAPACK results can depend on it, and PEFT
+        # recomputes this basis when it loads an exported adapter
+        V = peft_joint_basis(weights, alpha).to(weights[0].dtype)
+        Us, ls = [], []
+        for w in weights:
+            U, lam = split_in_basis(w, V)
+            Us.append(U.to(dtype))
+            ls.append(lam.float().to(dtype))      # PEFT keeps l0 in float32
+        return V.to(dtype), Us, ls
+    if basis != NATIVE_BASIS:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     with _threads_for(sum(w.shape[0] for w in weights) * in_f * in_f):
         V, Bs = joint_basis(weights, alpha)
     Us, ls = [], []
@@ -64,6 +86,12 @@ def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.d
         Us.append(U.to(dtype))
         ls.append(lam.to(dtype))
     return V.to(dtype), Us, ls
+
+
+def base_identity(model: nn.Module) -> dict:
+    """``{"base_fingerprint": <sha256 of every weight>, "base_model": describe_model(model)}``
+    (see :mod:`.fingerprint`), recorded in every decomposition and adapter file."""
+    return {"base_fingerprint": model_fingerprint(model), "base_model": describe_model(model)}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -124,7 +152,7 @@ def _category_out(key: str, shapes: list[tuple[int, int]]) -> int:
 def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 1e-3,
               cache_dir: str | os.PathLike | None = None, progress: bool = True,
               dtype: torch.dtype | None = None, use_cache: bool = True,
-              category_mode: str = "per_role") -> Decomposition:
+              category_mode: str = "per_role", basis: str = NATIVE_BASIS) -> Decomposition:
     """Decompose the targeted linear layers of ``model`` (DESIGN.md 1.1).
 
     Every targeted layer ``W_i`` (out, in) becomes ``U_i diag(l_i) V^T`` with ``V`` shared by
@@ -143,13 +171,22 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
             category and its V, DESIGN.md 2.1; see :mod:`.categories`). A targeted role
             brings its untargeted siblings into the decomposition (the category is the
             model's, so adapters of any subset of the roles share it).
+        basis: "frod_rt" (default: the float64 joint basis) or "peft" (``V`` computed as
+            upstream PEFT computes it, so adapters trained on it export to PEFT exactly; see
+            :func:`decompose_category`). Part of the category and decomposition fingerprints.
+            "peft" needs per-role categories (PEFT has no shared-input category).
 
     Returns:
         A :class:`Decomposition` whose tensors sit on each layer's weight device.
     """
     alpha = float(alpha)
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
+    if basis == "peft" and category_mode == "shared_input":
+        raise ValueError('basis="peft" needs category_mode="per_role": PEFT has no shared-input '
+                         'categories (decompose with category_mode="per_role")')
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     targets = find_targets(model, target_modules)
     if category_mode == "shared_input":
@@ -169,12 +206,12 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         device = weights[0].device
         want = dtype or weights[0].dtype
         bar.set_postfix_str(f"{key} L={len(names)}")
-        fp = category_fingerprint(key, alpha, list(zip(names, weights)))
+        fp = category_fingerprint(key, alpha, list(zip(names, weights)), basis)
         cat_fps[key] = fp
         path = _cache_file(cache, fp, want)
         got = _load_cached(path, names, shapes) if use_cache else None
         if got is None:
-            got = decompose_category(weights, alpha, want)
+            got = decompose_category(weights, alpha, want, basis)
             if use_cache:
                 _store_cached(path, names, *got)
         V, Us, ls = got
@@ -184,5 +221,6 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
     tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     extra = {"algorithm_version": ALGORITHM_VERSION,
              "target_modules_is_regex": isinstance(target_modules, str),
-             "category_mode": category_mode}
-    return Decomposition(base_fingerprint(alpha, cat_fps), alpha, tm, categories, layers, extra)
+             "category_mode": category_mode, "basis": basis, **base_identity(model)}
+    return Decomposition(decomposition_fingerprint(alpha, cat_fps, basis), alpha, tm, categories,
+                         layers, extra)

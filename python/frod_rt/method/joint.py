@@ -99,3 +99,43 @@ def scale_split(B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(lam > 0, lam, torch.ones_like(lam))
     U = torch.where(lam > 0, B / safe, torch.zeros_like(B))
     return U, lam
+
+
+def peft_joint_basis(weights: list[torch.Tensor], alpha: float = 1e-3) -> torch.Tensor:
+    """The shared basis ``V`` (in, in) of one category computed as upstream PEFT's FRoD tuner
+    computes it (``peft.tuners.frod.model._projection_from_weights``): the same algorithm as
+    :func:`joint_basis` but in **float32**, with ``T = mean_i inv(Q_i^T Q_i + alpha I)`` by
+    direct inverses, and the SVD branch (``L*out < in``) taking all right singular vectors.
+    Returns float32 on CPU. Adapters trained on this basis export to PEFT exactly."""
+    mats = [w.detach().to(device="cpu", dtype=torch.float32) for w in weights]
+    stacked = torch.cat(mats, dim=0)
+    if stacked.shape[0] < stacked.shape[1]:
+        return torch.linalg.svd(stacked, full_matrices=True)[2].T
+    q, r = torch.linalg.qr(stacked)
+    dim = r.shape[1]
+    t = torch.zeros((dim, dim), dtype=r.dtype)
+    start = 0
+    for m in mats:
+        qi = q[start:start + m.shape[0]]
+        start += m.shape[0]
+        t += torch.linalg.inv(qi.T @ qi + alpha * torch.eye(dim, dtype=r.dtype))
+    t /= len(mats)
+    return r.T @ torch.linalg.eigh(t)[1]
+
+
+def split_in_basis(weight: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``U, l`` (float64, CPU) with ``W = U diag(l) V^T`` for a given basis ``V``:
+    ``B = W V^-T`` (a solve, never ``V^-1``; a pseudo-inverse with rtol 1e-6 for a singular
+    ``V``, as PEFT does), ``l`` = column norms of ``B``, ``U = B / l`` with zero columns where
+    ``l <= 1e-12``."""
+    w = weight.detach().to("cpu", torch.float64)
+    v = V.detach().to("cpu", torch.float64)
+    try:
+        B = torch.linalg.solve(v, w.T).T
+    except RuntimeError:
+        B = w @ torch.linalg.pinv(v, rtol=1e-6).T
+    l0 = torch.linalg.norm(B, dim=0)
+    U = torch.zeros_like(B)
+    nz = l0 > 1e-12
+    U[:, nz] = B[:, nz] / l0[nz]
+    return U, l0

@@ -184,28 +184,21 @@ class FrodLinear(nn.Module):
         return (seg_indptr, seg_adapter), used
 
     def _stack(self, used: list[str], dtype: torch.dtype):
+        """(dl, s, rows, cols, table) of the used adapters for ``ops.frod_linear``: one shared
+        pattern as (k,) rows/cols, otherwise a plan table (each adapter its own planned pattern,
+        ``s`` zero-padded to the largest k; no pattern is padded)."""
         dl = torch.stack([self.frod_dl[a].to(dtype) for a in used])
         refs = [self._patterns[a] for a in used]
         if all(r == refs[0] for r in refs) and refs[0][0] == "shared":
             rows, cols = self.pattern(used[0])
             s = torch.stack([self.frod_s[a].to(dtype) for a in used])
-            return dl, s, rows, cols
-        ks = [self.frod_s[a].shape[0] for a in used]
-        kmax = max(ks)
-        dev = dl.device
-        s_list, r_list, c_list = [], [], []
-        for a, k in zip(used, ks):
-            r, c = self.pattern(a)
-            pad = kmax - k
-            s_a = self.frod_s[a].to(dtype)
-            if pad:  # (0, 1) entries with value 0: no effect, gradient discarded
-                s_a = torch.cat([s_a, s_a.new_zeros(pad)])
-                r = torch.cat([r, torch.zeros(pad, dtype=torch.int32, device=dev)])
-                c = torch.cat([c, torch.ones(pad, dtype=torch.int32, device=dev)])
-            s_list.append(s_a)
-            r_list.append(r)
-            c_list.append(c)
-        return dl, torch.stack(s_list), torch.stack(r_list), torch.stack(c_list)
+            return dl, s, rows, cols, None
+        n = self.in_features
+        plans = [ops.plan_of(*self.pattern(a), n) for a in used]
+        kmax = max(p.k for p in plans)
+        s = torch.stack([F.pad(self.frod_s[a].to(dtype), (0, kmax - p.k))
+                         for a, p in zip(used, plans)])
+        return dl, s, None, None, ops.table_of_plans(plans, n, plans[0].device)
 
     def _use_dense(self, T: int, name: str) -> bool:
         if self.compute_path == "dense":
@@ -265,8 +258,9 @@ class FrodLinear(nn.Module):
             seg_adapter = torch.zeros(1, dtype=torch.int32, device=x.device)
         else:
             seg_indptr, seg_adapter = segments
-        dl, s, rows, cols = self._stack(used, dt)
-        return ops.frod_linear(x, W, b, V, U, seg_indptr, seg_adapter, dl, s, rows, cols)
+        dl, s, rows, cols, table = self._stack(used, dt)
+        return ops.frod_linear(x, W, b, V, U, seg_indptr, seg_adapter, dl, s, rows, cols,
+                               table=table)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, category={self.category!r}, "

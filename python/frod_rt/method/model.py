@@ -293,7 +293,7 @@ class FrodModel(nn.Module):
         name = name or self.state.active
         if name is None:
             raise ValueError("save_adapter: no adapter name given and none active")
-        write_adapter(directory, self.adapter_file(name))
+        write_adapter(self.adapter_file(name), directory)
 
     def load_adapter(self, directory, name: str | None = None) -> str:
         """Read, validate and add the adapter in ``directory``; returns its name. Raises

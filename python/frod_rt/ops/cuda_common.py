@@ -8,17 +8,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import _C, cuda_kernels_built, stream_of, view
+from .._core import _C, contiguous, cuda_kernels_built, view
+from .cuda_fallback import ERROR_BITS, raise_for_error_bits  # noqa: F401 (re-exported)
+from .plans import table_for_pattern
 from .validate import check_rotate_args, require_tensor
 
 GEMM_DTYPES = (torch.bfloat16, torch.float16)
-
-#: Error bits of the CUDA rotation and grouped GEMM (cpp/include/frod/rotate_cuda.h).
-ERROR_BITS = {
-    1: "seg_indptr: an entry is outside [0, T], decreasing, or does not run from 0 to T",
-    2: "seg_adapter / seg_slot: an id is outside [-1, A)",
-    4: "rows/cols: a pattern entry is outside [0, n) or on the diagonal",
-}
 
 
 def require_cuda_op(op: str, x: Tensor, name: str = "x") -> None:
@@ -54,23 +49,17 @@ def opt_view(t: Tensor | None):
     return None if t is None else view(t)
 
 
-def raise_for_error_bits(bits: int, op: str) -> None:
-    """ValueError listing the problems flagged by a CUDA kernel's error word."""
-    if bits:
-        msgs = [m for b, m in ERROR_BITS.items() if bits & b]
-        raise ValueError(f"{op}: invalid indices: " + "; ".join(msgs))
-
-
 def check_rotate_indices_cuda(z: Tensor, seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor,
                               s: Tensor, rows: Tensor, cols: Tensor) -> None:
-    """Checks the index *values* of a CUDA rotation call on the device (synchronises).
+    """Checks the index *values* of a CUDA rotation call (synchronises: copies the segments
+    to the host) and raises the same ``ValueError`` the CPU path raises.
 
     The CUDA kernels never read indices on the host: bad entries are skipped, never used to
-    address memory, but the output is then incomplete. Call this (e.g. in tests or when the
-    segments come from an untrusted source) to get the same ``ValueError`` the CPU path raises.
+    address memory, and flagged in the device error word (see :func:`check_cuda_errors`).
+    Patterns are validated when they are planned (:func:`frod_rt.ops.register_pattern`).
     """
     require_cuda_op("check_rotate_indices_cuda", z, "z")
     check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols)
-    bits = _C.rotate_validate(view(z), view(seg_indptr), view(seg_adapter), view(dl.contiguous()),
-                              view(s.contiguous()), view(rows), view(cols), stream_of(z))
-    raise_for_error_bits(int(bits), "rotate_segments (CUDA)")
+    table_for_pattern(rows, cols, z.shape[1], dl.shape[0])  # validates the pattern
+    indptr_cpu, adapter_cpu = contiguous(seg_indptr.cpu(), seg_adapter.cpu())
+    _C.validate_segments(view(indptr_cpu), view(adapter_cpu), z.shape[0], dl.shape[0])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import _C, stream_of, view
+from .._core import _C, contiguous, stream_of, view
 from .cuda_common import opt_view, require_cuda_op, require_gemm_dtype, require_like
 from .validate import require_device, require_dtype, require_shape
 
@@ -15,6 +15,7 @@ from .validate import require_device, require_dtype, require_shape
 @torch.library.custom_op("frod_rt::grouped_gemm", mutates_args=(), device_types="cuda")
 def _grouped_op(x: Tensor, weights: Tensor, bias: Tensor | None, seg_indptr: Tensor,
                 seg_slot: Tensor) -> Tensor:
+    x, weights, bias, seg_indptr, seg_slot = contiguous(x, weights, bias, seg_indptr, seg_slot)
     y = torch.zeros((x.shape[0], weights.shape[1]), dtype=x.dtype, device=x.device)
     _C.segment_gemm(view(x), view(weights), opt_view(bias), view(seg_indptr), view(seg_slot),
                     view(y), None, stream_of(x))

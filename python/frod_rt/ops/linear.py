@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rotate import rotate_segments
+from .plans import PlanTable, SlotPatterns
+from .rotate import rotate_segments, rotate_slots
 from .validate import FLOAT_DTYPES, require_device, require_dtype, require_tensor
 
 
@@ -38,9 +39,12 @@ def check_linear_args(x, weight, bias, V, U) -> None:
 
 
 def frod_linear(x: Tensor, weight: Tensor, bias: Tensor | None, V: Tensor, U: Tensor,
-                seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor, s: Tensor, rows: Tensor,
-                cols: Tensor) -> Tensor:
-    """``y = x W^T + b + H U^T`` with ``H = rotate_segments(x V, ...)`` (factored form).
+                seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor, s: Tensor,
+                rows: Tensor | None = None, cols: Tensor | None = None, *,
+                table: SlotPatterns | PlanTable | None = None) -> Tensor:
+    """``y = x W^T + b + H U^T`` with ``H = rotate(x V)`` (factored form): the rotation is
+    :func:`rotate_segments` with the ``(rows, cols)`` pattern, or :func:`rotate_slots` with a
+    per-slot plan ``table`` (then ``s`` is ``(A, kcap)`` and slot a uses ``s[a, :k_a]``).
 
     Row ``t`` of the flattened ``x`` gets the weight ``W + U (diag(dl_a) + S_a) V^T`` of its
     segment's adapter ``a`` (or plain ``W`` when ``a = -1``). The three dense GEMMs are shared
@@ -50,6 +54,7 @@ def frod_linear(x: Tensor, weight: Tensor, bias: Tensor | None, V: Tensor, U: Te
         x: (..., n) input; the segments index the rows of ``x.reshape(-1, n)``.
         weight: (out, n); bias: (out,) or None; V: (n, n) shared basis; U: (out, n).
         seg_indptr, seg_adapter, dl, s, rows, cols: as in :func:`rotate_segments`.
+        table: instead of rows/cols, as in :func:`rotate_slots`.
 
     Returns:
         (..., out), x's dtype. Differentiable in x, weight, bias, V, U, dl and s.
@@ -58,7 +63,12 @@ def frod_linear(x: Tensor, weight: Tensor, bias: Tensor | None, V: Tensor, U: Te
     n = x.shape[-1]
     x2 = x.reshape(-1, n)
     z = torch.matmul(x2, V)
-    h = rotate_segments(z, seg_indptr, seg_adapter, dl, s, rows, cols)
+    if table is not None:
+        if rows is not None or cols is not None:
+            raise ValueError("frod_linear: pass either rows/cols or table, not both")
+        h = rotate_slots(z, seg_indptr, seg_adapter, dl, s, table)
+    else:
+        h = rotate_segments(z, seg_indptr, seg_adapter, dl, s, rows, cols)
     y = F.linear(x2, weight, bias)
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias, V, U, dl, s)):

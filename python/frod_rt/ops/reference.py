@@ -53,3 +53,28 @@ def frod_linear_reference(x, weight, bias, V, U, seg_indptr, seg_adapter, dl, s,
         dW = delta_weight(U, V, dl[a], s[a], r, c, compute=U.dtype)
         out[sel] = y[sel] + x[sel] @ dW.T
     return out
+
+
+def rotate_slots_reference(z, seg_indptr, seg_adapter, dl, s, table) -> torch.Tensor:
+    """:func:`frod_rt.ops.rotate_slots` in plain torch: slot a uses its plan's pattern
+    (rows, cols) with values ``s[a, :k_a]``; a slot without a plan only ``dl``.
+
+    ``table``: a SlotPatterns or a PlanTable.
+    """
+    table = getattr(table, "table", table)
+    T, n = z.shape
+    ids = _segment_ids(seg_indptr.cpu(), seg_adapter.cpu(), T)
+    slot_plan = table.slot_plan.cpu().tolist()
+    h = torch.zeros_like(z)
+    for a in torch.unique(ids).tolist():
+        if a < 0:
+            continue
+        sel = (ids == a).nonzero().squeeze(1).to(z.device)
+        za = z.index_select(0, sel)
+        ha = za * dl[a]
+        if slot_plan[a] >= 0:
+            plan = table.plans[slot_plan[a]]
+            r, c = plan.rows.long().to(z.device), plan.cols.long().to(z.device)
+            ha = ha.index_add(1, r, za.index_select(1, c) * s[a, : plan.k])
+        h = h.index_copy(0, sel, ha)
+    return h

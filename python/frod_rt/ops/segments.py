@@ -24,7 +24,14 @@ def segments_from_ids(adapter_ids: torch.Tensor, num_adapters: int
     if adapter_ids.dtype.is_floating_point or adapter_ids.dtype == torch.bool:
         raise TypeError(f"adapter_ids: expected an integer dtype, got {adapter_ids.dtype}")
     device = adapter_ids.device
-    ids = adapter_ids.to(device="cpu", dtype=torch.int32).contiguous()
+    ids = adapter_ids.to(device="cpu")
+    if ids.dtype == torch.int64 and ids.numel():
+        bad = ((ids < -(2 ** 31)) | (ids > 2 ** 31 - 1)).nonzero()
+        if bad.numel():
+            t = int(bad[0, 0])
+            raise ValueError(f"adapter_ids[{t}] = {int(ids[t])} does not fit int32 (adapter ids "
+                             f"must lie in [-1, {int(num_adapters)}))")
+    ids = ids.to(dtype=torch.int32).contiguous()
     T = ids.shape[0]
     indptr = torch.empty(T + 1, dtype=torch.int32)
     adapter = torch.empty(T, dtype=torch.int32)

@@ -35,18 +35,18 @@ def require_shape(x: torch.Tensor, name: str, shape: tuple) -> None:
         raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
 
 
-def check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> None:
-    """Validate the metadata of a rotate_segments call (see rotate_segments for shapes)."""
+def _check_rotation_data(z, seg_indptr, seg_adapter, dl, s, index_tensors) -> tuple[int, int]:
+    """Checks shared by the rotation ops: z, segments, dl, s (+ extra int32 index tensors).
+    Returns (n, A)."""
     for t, name in ((z, "z"), (seg_indptr, "seg_indptr"), (seg_adapter, "seg_adapter"),
-                    (dl, "dl"), (s, "s"), (rows, "rows"), (cols, "cols")):
+                    (dl, "dl"), (s, "s"), *index_tensors):
         require_tensor(t, name)
     if z.dim() != 2:
         raise ValueError(f"z: expected a 2-D tensor (T, n), got shape {tuple(z.shape)}")
     require_dtype(z, "z", FLOAT_DTYPES)
-    T, n = z.shape
+    n = z.shape[1]
     dev = z.device
-    for t, name in ((seg_indptr, "seg_indptr"), (seg_adapter, "seg_adapter"), (rows, "rows"),
-                    (cols, "cols")):
+    for t, name in ((seg_indptr, "seg_indptr"), (seg_adapter, "seg_adapter"), *index_tensors):
         require_dtype(t, name, (torch.int32,))
         require_device(t, name, dev)
     for t, name in ((dl, "dl"), (s, "s")):
@@ -61,6 +61,12 @@ def check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> None:
     A = dl.shape[0]
     if s.dim() != 2 or s.shape[0] != A:
         raise ValueError(f"s: expected shape ({A}, k) to match dl's {A} adapters, got {tuple(s.shape)}")
+    return n, A
+
+
+def check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> None:
+    """Validate the metadata of a rotate_segments call (see rotate_segments for shapes)."""
+    _, A = _check_rotation_data(z, seg_indptr, seg_adapter, dl, s, ((rows, "rows"), (cols, "cols")))
     k = s.shape[1]
     if rows.dim() == 2:
         require_shape(rows, "rows", (A, k))
@@ -68,3 +74,19 @@ def check_rotate_args(z, seg_indptr, seg_adapter, dl, s, rows, cols) -> None:
     else:
         require_shape(rows, "rows", (k,))
         require_shape(cols, "cols", (k,))
+
+
+def check_plan_table(z, seg_indptr, seg_adapter, dl, s, table) -> None:
+    """Validate the metadata of a rotate_slots call (``table``: a PlanTable)."""
+    n, A = _check_rotation_data(z, seg_indptr, seg_adapter, dl, s, ())
+    if not hasattr(table, "slot_plan"):
+        raise TypeError(f"table: expected a SlotPatterns or PlanTable, got {type(table).__name__}")
+    if table.n != n:
+        raise ValueError(f"table: built for n = {table.n}, z has n = {n}")
+    if table.slot_plan.shape[0] != A:
+        raise ValueError(f"table: has {table.slot_plan.shape[0]} slots, dl/s have {A}")
+    if table.slot_plan.device != z.device:
+        raise TypeError(f"table: lives on {table.slot_plan.device}, z on {z.device}")
+    if table.max_k() > s.shape[1]:
+        raise ValueError(f"s: has {s.shape[1]} columns but a slot's pattern has "
+                         f"k = {table.max_k()} entries")

@@ -65,6 +65,57 @@ def resolve_under_root(root: Path, given: str, param: str = "path") -> Path:
     return real
 
 
+def loading_root(config) -> Path:
+    """The resolved adapter root of ``config`` (a ``ServerConfig``); APIError 403 when
+    run-time loading is disabled."""
+    root = config.adapter_root()
+    if root is None:
+        raise APIError(403, "run-time adapter loading is disabled (start the server with "
+                       "--allow-adapter-loading ROOT)", code="adapter_loading_disabled")
+    return root
+
+
+def check_adapter_name(name: str, base_name: str, vllm: bool = False,
+                       forbidden: str = "/") -> None:
+    """APIError 400 unless ``name`` is non-empty, free of the characters in ``forbidden``
+    and differs from the base model's name."""
+    nname = "lora_name" if vllm else "name"
+    if not name or name == base_name or any(c in name for c in forbidden):
+        shown = ", ".join(repr(c) for c in forbidden)
+        raise APIError(400, f"{nname}: {name!r} is not a valid adapter name (it must be "
+                       f"non-empty, without {shown}, and differ from the base model's name)",
+                       param=nname)
+
+
+def already_loaded(name: str, vllm: bool = False) -> APIError:
+    if vllm:
+        return APIError(400, f"The lora adapter '{name}' has already been loaded.",
+                        param="lora_name", code="adapter_exists")
+    return APIError(409, f"adapter {name!r} is already loaded; delete it first",
+                    param="name", code="adapter_exists")
+
+
+def not_loaded(name: str, vllm: bool = False) -> APIError:
+    msg = (f"The lora adapter '{name}' cannot be found." if vllm
+           else f"adapter {name!r} is not loaded")
+    return APIError(404, msg, param="lora_name" if vllm else "name", code="model_not_found")
+
+
+def load_failure(e: Exception, root: Path, name: str, vllm: bool = False) -> APIError:
+    """The APIError for ``Engine.add_adapter`` raising ``e`` on a path under ``root``; the
+    message shows ``root`` as ``<adapter-root>``."""
+    pname = "lora_path" if vllm else "path"
+    msg = str(e).replace(str(root), ROOT_LABEL)
+    if isinstance(e, FileNotFoundError):
+        return APIError(404 if vllm else 400, msg, param=pname, code="adapter_not_found")
+    if "already loaded" in msg:
+        return already_loaded(name, vllm)
+    return APIError(400, msg, param=pname, code="invalid_adapter")
+
+
+LOAD_ERRORS = (ValueError, TypeError, OSError)   # what add_adapter raises for a bad adapter
+
+
 class AdapterAdmin:
     """Loading and unloading through the engine, serialised, with the rules above."""
 
@@ -72,58 +123,30 @@ class AdapterAdmin:
         self.state = state
         self.lock = asyncio.Lock()
 
-    def _root(self) -> Path:
-        root = self.state.config.adapter_root()
-        if root is None:
-            raise APIError(403, "run-time adapter loading is disabled (start the server with "
-                           "--allow-adapter-loading ROOT)", code="adapter_loading_disabled")
-        return root
-
-    def _clean(self, msg: str, root: Path) -> str:
-        return msg.replace(str(root), ROOT_LABEL)
-
     async def load(self, name: str, path: str, vllm: bool = False) -> None:
         """Raise APIError, or return once ``name`` serves."""
-        root = self._root()
+        root = loading_root(self.state.config)
         eng = self.state.engine
-        pname = "lora_path" if vllm else "path"
-        nname = "lora_name" if vllm else "name"
-        if not name or name == eng.base_name or "/" in name:
-            raise APIError(400, f"{nname}: {name!r} is not a valid adapter name (it must be "
-                           "non-empty, without '/', and differ from the base model's name)",
-                           param=nname)
+        check_adapter_name(name, eng.base_name, vllm)
         async with self.lock:
             if name in eng.adapters():
-                if vllm:
-                    raise APIError(400, f"The lora adapter '{name}' has already been loaded.",
-                                   param=nname, code="adapter_exists")
-                raise APIError(409, f"adapter {name!r} is already loaded; delete it first",
-                               param=nname, code="adapter_exists")
-            real = resolve_under_root(root, path, pname)
+                raise already_loaded(name, vllm)
+            real = resolve_under_root(root, path, "lora_path" if vllm else "path")
             try:
                 await asyncio.to_thread(eng.add_adapter, name, str(real))
-            except FileNotFoundError as e:
-                raise APIError(404 if vllm else 400, self._clean(str(e), root), param=pname,
-                               code="adapter_not_found") from None
-            except (ValueError, TypeError, OSError) as e:
-                if "already loaded" in str(e):
-                    raise APIError(400 if vllm else 409, f"adapter {name!r} is already loaded",
-                                   param=nname, code="adapter_exists") from None
-                raise APIError(400, self._clean(str(e), root), param=pname,
-                               code="invalid_adapter") from None
-            self.state.adapter_loads_total += 1
+            except LOAD_ERRORS as e:
+                raise load_failure(e, root, name, vllm) from None
+            self.state.metrics.adapter_loads.inc()
 
     async def unload(self, name: str, vllm: bool = False) -> None:
-        self._root()
+        loading_root(self.state.config)
         async with self.lock:
             try:
                 self.state.engine.remove_adapter(name)
             except UnknownAdapterError:
-                msg = (f"The lora adapter '{name}' cannot be found." if vllm
-                       else f"adapter {name!r} is not loaded")
-                raise APIError(404, msg, param="lora_name" if vllm else "name",
-                               code="model_not_found") from None
-            self.state.adapter_unloads_total += 1
+                raise not_loaded(name, vllm) from None
+            self.state.metrics.adapter_unloads.inc()
+        self.state.metrics.sweep()
 
 
 def add_adapter_routes(app: FastAPI, state) -> AdapterAdmin:

@@ -40,6 +40,8 @@ class ServerConfig:
             many seconds (after connecting, or after its last response) is closed:
             half-open and slowloris connections do not stay forever.
         keep_alive_s: uvicorn's idle keep-alive timeout.
+        max_adapter_labels: adapter names with their own ``adapter`` label value in
+            /metrics; requests of further adapters count under ``"(other)"`` (metrics.py).
     """
     api_key: str | None = field(default_factory=lambda: os.environ.get("FROD_RT_API_KEY")
                                 or None)
@@ -55,6 +57,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0
     header_timeout_s: float = 15.0
     keep_alive_s: int = 5
+    max_adapter_labels: int = 256
 
     def __post_init__(self):
         if self.api_key is not None and not isinstance(self.api_key, str):
@@ -63,7 +66,7 @@ class ServerConfig:
             self.api_key = None
         self.allowed_hosts = tuple(h.strip().lower() for h in self.allowed_hosts if h.strip())
         for name in ("max_body_bytes", "max_stop_strings", "max_stop_chars",
-                     "max_stop_token_ids", "keep_alive_s"):
+                     "max_stop_token_ids", "keep_alive_s", "max_adapter_labels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")

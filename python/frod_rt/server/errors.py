@@ -50,3 +50,10 @@ class APIError(Exception):
 
 def error_body(status: int, message: str, param=None, code=None) -> dict:
     return APIError(status, message, param, code).body()
+
+
+def unknown_model(model) -> APIError:
+    """404 for a ``model`` that names neither the base nor an adapter (the message does not
+    list the adapters: ``GET /v1/models`` does, to whoever may call it)."""
+    return APIError(404, f"model {model!r} not found (GET /v1/models lists the served "
+                    "models)", param="model", code="model_not_found")

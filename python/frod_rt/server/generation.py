@@ -13,6 +13,7 @@ import time
 import uuid
 
 from ..engine.errors import EngineOverloadedError, UnknownAdapterError
+from ..method.blend import BlendError
 from .errors import APIError
 from .loop import EngineFailure
 
@@ -36,6 +37,9 @@ def to_api_error(exc: Exception) -> APIError:
         return APIError(503, str(exc), code="engine_unavailable")
     if isinstance(exc, EngineOverloadedError):
         return APIError(429, str(exc), code="queue_full")
+    if isinstance(exc, BlendError):
+        return APIError(400, f"adapter_weights: {exc}", param="adapter_weights",
+                        code="blend_refused")
     if isinstance(exc, (ValueError, TypeError)):
         msg = str(exc)
         head = msg.split(":", 1)[0].strip()
@@ -47,16 +51,18 @@ def to_api_error(exc: Exception) -> APIError:
 
 
 class Batch:
-    """The engine requests of one HTTP request (one per prompt / choice)."""
+    """The engine requests of one HTTP request (one per prompt / choice). ``label``: the
+    metrics' adapter label (``ServerMetrics.label_for``)."""
 
-    def __init__(self, state, prompts, adapter, sampling: dict):
+    def __init__(self, state, prompts, adapter, sampling: dict, label: str | None = None):
         self.state = state
+        self.label = label
         self.queue: asyncio.Queue = asyncio.Queue()
         self.ids: list[str] = []
         self.prompt_tokens: list[int] = []
         try:
             for p in prompts:
-                h = state.loop.submit(p, adapter, sampling, queue=self.queue)
+                h = state.loop.submit(p, adapter, sampling, queue=self.queue, label=label)
                 self.ids.append(h.request_id)
                 self.prompt_tokens.append(h.prompt_tokens)
         except Exception as exc:
@@ -67,6 +73,11 @@ class Batch:
             raise err from None
         self.index = {rid: i for i, rid in enumerate(self.ids)}
         self.pending = set(self.ids)
+
+    def count_error(self) -> None:
+        """Count this request under its adapter's errors (a stream that ended in an error)."""
+        if self.label is not None:
+            self.state.metrics.request_error(self.label)
 
     def abort(self) -> None:
         for rid in self.ids:
@@ -170,9 +181,11 @@ async def stream_chunks(batch: Batch, request, model: str, chat: bool, include_u
         async for i, out in batch.outputs(request):
             ntok[i] += len(out.new_token_ids)
             if out.finished and out.finish_reason == "error":
+                batch.count_error()
                 yield sse(failed_error(out).body())
                 break
             if out.finished and out.finish_reason == "abort":
+                batch.count_error()
                 yield sse(APIError(503, "request aborted by the server (its adapter was "
                                    "removed or the server is shutting down)",
                                    code="aborted").body())
@@ -186,5 +199,6 @@ async def stream_chunks(batch: Batch, request, model: str, chat: bool, include_u
     except ClientGone:
         return
     except EngineFailure as e:
+        batch.count_error()
         yield sse(APIError(503, str(e), code="engine_failure").body())
     yield "data: [DONE]\n\n"

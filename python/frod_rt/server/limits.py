@@ -12,16 +12,17 @@ import asyncio
 from .errors import APIError
 
 
-def check_prompts(prompts: list, char_limit: int, max_model_len: int) -> None:
-    """400 (``param: prompt``) for a text prompt over ``char_limit`` characters or a token-id
-    prompt over ``max_model_len`` ids."""
+def check_prompts(prompts: list, char_limit: int, max_model_len: int,
+                  field: str = "prompt") -> None:
+    """400 (``param``: ``field``) for a text prompt over ``char_limit`` characters or a
+    token-id prompt over ``max_model_len`` ids."""
     for p in prompts:
         if isinstance(p, str) and len(p) > char_limit:
-            raise APIError(400, f"prompt: {len(p)} characters is more than this server accepts "
-                           f"({char_limit})", param="prompt", code="prompt_too_long")
+            raise APIError(400, f"{field}: {len(p)} characters is more than this server "
+                           f"accepts ({char_limit})", param=field, code="prompt_too_long")
         if isinstance(p, list) and len(p) > max_model_len:
-            raise APIError(400, f"prompt: {len(p)} tokens is more than the model's context "
-                           f"({max_model_len})", param="prompt", code="prompt_too_long")
+            raise APIError(400, f"{field}: {len(p)} tokens is more than the model's context "
+                           f"({max_model_len})", param=field, code="prompt_too_long")
 
 
 def check_messages(messages, char_limit: int) -> None:

@@ -6,6 +6,10 @@ adapters share each batch. Each request owns an ``asyncio.Queue`` on the server'
 the thread hands every step's ``RequestOutput``s to those queues with one
 ``call_soon_threadsafe`` per step. A request whose client went away is aborted with
 ``Engine.abort_request`` (it finishes with reason "abort" at the next step).
+
+An optional ``observer`` (``frod_rt.server.metrics.ServerMetrics``) is told, from the loop
+thread, when a request is submitted, when its tokens arrive (time to first token, time since
+its previous output) and when it finishes (end-to-end and queue time).
 """
 from __future__ import annotations
 
@@ -35,6 +39,16 @@ class Handle:
     created: float = field(default_factory=time.time)
 
 
+@dataclass
+class _Route:
+    """Where a request's outputs go, and what the metrics need to know about it."""
+    aloop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    label: str
+    submitted: float                   # time.monotonic() at submission
+    last: float | None = None          # time.monotonic() of its previous output with tokens
+
+
 class EngineLoop:
     """Runs ``engine.step()`` on one thread and routes outputs to per-request queues.
 
@@ -45,9 +59,11 @@ class EngineLoop:
         rate_window_s: window of the tokens-per-second gauge.
     """
 
-    def __init__(self, engine, idle_wait_s: float = 0.05, rate_window_s: float = 10.0):
+    def __init__(self, engine, idle_wait_s: float = 0.05, rate_window_s: float = 10.0,
+                 observer=None):
         self.engine = engine
-        self._handles: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.observer = observer               # metrics hooks (see the module docstring)
+        self._handles: dict[str, _Route] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._running = threading.Event()       # cleared = paused
@@ -103,9 +119,11 @@ class EngineLoop:
         self._wake.set()
 
     # ---- requests ---------------------------------------------------------------------------
-    def submit(self, prompt, adapter, sampling, queue: asyncio.Queue | None = None) -> Handle:
+    def submit(self, prompt, adapter, sampling, queue: asyncio.Queue | None = None,
+               label: str | None = None) -> Handle:
         """Queue a request (call from the event loop). Its outputs go to ``queue`` (a new
-        one by default; several requests may share one). Raises what
+        one by default; several requests may share one). ``label``: the metrics' adapter
+        label (default: the adapter's name, or the base model's). Raises what
         ``Engine.add_request`` raises (UnknownAdapterError, ValueError,
         EngineOverloadedError), and EngineFailure when the loop thread is not running."""
         if not self.alive:
@@ -113,10 +131,14 @@ class EngineLoop:
         aloop = asyncio.get_running_loop()
         q: asyncio.Queue = queue if queue is not None else asyncio.Queue()
         ids = self._token_ids(prompt)
+        if label is None:
+            label = adapter if isinstance(adapter, str) and adapter else self.engine.base_name
         with self._lock:                   # register before the thread can see the request
             rid = self.engine.add_request(ids, adapter, sampling)
-            self._handles[rid] = (aloop, q)
+            self._handles[rid] = _Route(aloop, q, label, time.monotonic())
         self._wake.set()
+        if self.observer is not None:
+            self.observer.request_submitted(label, len(ids))
         return Handle(rid, q, prompt_tokens=len(ids))
 
     def _token_ids(self, prompt) -> list[int]:
@@ -173,6 +195,8 @@ class EngineLoop:
     def _dispatch(self, outs) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         ntok = 0
+        now = time.monotonic()
+        seen: list[tuple[_Route, object]] = []
         with self._lock:
             for out in outs:
                 ntok += len(out.new_token_ids)
@@ -180,14 +204,31 @@ class EngineLoop:
                 if out.finished:
                     self._handles.pop(out.request_id, None)
                 if h is not None:
-                    by_loop.setdefault(h[0], []).append((h[1], out))
+                    by_loop.setdefault(h.aloop, []).append((h.queue, out))
+                    seen.append((h, out))
             if ntok:
-                self._rate.append((time.monotonic(), ntok))
+                self._rate.append((now, ntok))
+        if self.observer is not None:
+            self._observe(seen, now)
         for aloop, items in by_loop.items():
             try:
                 aloop.call_soon_threadsafe(_put_all, items)
             except RuntimeError:          # the event loop is closed (server shutting down)
                 pass
+
+    def _observe(self, seen, now: float) -> None:
+        """Hand each output's timing to the observer (loop thread, outside the lock)."""
+        obs = self.observer
+        for h, out in seen:
+            n = len(out.new_token_ids)
+            if n:
+                ttft = now - h.submitted if h.last is None else None
+                itl = now - h.last if h.last is not None else None
+                h.last = now
+                obs.tokens(h.label, n, ttft, itl)
+            if out.finished and out.finish_reason not in ("abort", "error"):
+                queued = (out.timings or {}).get("queued_s")
+                obs.finished(now - h.submitted, queued)
 
     def _fail_all(self, exc: Exception) -> None:
         self.step_errors_total += 1
@@ -198,12 +239,12 @@ class EngineLoop:
             self._handles.clear()
         err = EngineFailure(f"engine step failed: {self.last_error}")
         by_loop: dict = {}
-        for rid, (aloop, q) in handles.items():
+        for rid, h in handles.items():
             try:
                 self.engine.abort_request(rid)
             except Exception:             # noqa: BLE001
                 pass
-            by_loop.setdefault(aloop, []).append((q, err))
+            by_loop.setdefault(h.aloop, []).append((h.queue, err))
         for aloop, items in by_loop.items():
             try:
                 aloop.call_soon_threadsafe(_put_all, items)

@@ -3,7 +3,8 @@
 Supported fields follow OpenAI's completions / chat completions API. Options the engine
 cannot honour (``n`` > 1, ``best_of`` > 1, ``logprobs``, ``echo``, ``suffix``, non-zero
 penalties, ``logit_bias``, tools) are refused with 400 naming the field rather than silently
-ignored. Extra engine options (as in vLLM): ``top_k``, ``ignore_eos``, ``stop_token_ids``.
+ignored. Extra engine options (as in vLLM): ``top_k``, ``ignore_eos``, ``stop_token_ids``;
+and ``adapter_weights`` ({adapter: weight}, a blend served as one virtual adapter).
 
 Types are strict (``max_tokens: true`` or ``"5"`` is a 400, not 1 or 5). Unknown fields, at
 any depth, are collected by ``unknown_fields`` and refused with a 400 naming them unless the
@@ -45,6 +46,8 @@ class _Common(BaseModel):
     top_k: Optional[int] = None
     ignore_eos: Optional[bool] = None
     stop_token_ids: Optional[list[int]] = None
+    # a blend of adapters instead of one (``model`` = the base's name); see docs/server.md
+    adapter_weights: Optional[dict[str, float]] = None
 
 
 class CompletionRequest(_Common):
@@ -161,11 +164,16 @@ def sampling_dict(req: _Common, default_max_tokens: int) -> dict:
 
 def prompts_of(req: CompletionRequest) -> list:
     """The request's prompts as a list (each a string or a list of token ids)."""
-    p = req.prompt
-    if isinstance(p, str):
-        return [p]
-    if not p:
-        raise APIError(400, "prompt: empty", param="prompt")
-    if all(isinstance(x, int) for x in p):
-        return [list(p)]
-    return list(p)
+    return entries_of(req.prompt, "prompt")
+
+
+def entries_of(value, field: str) -> list:
+    """A string, list of strings, token-id list or list of token-id lists -> a list of
+    entries (strings or token-id lists); 400 naming ``field`` for an empty list."""
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        raise APIError(400, f"{field}: empty", param=field)
+    if all(isinstance(x, int) for x in value):
+        return [list(value)]
+    return list(value)

@@ -7,7 +7,12 @@ together). Then
   ``x [W_1; ...; W_m]^T`` (:class:`FusedLinear`, the HF weights are views of its tensor);
 * adapted rows compute ``Z = x V`` **once per distinct basis**: members of one shared-input
   category (DESIGN.md 2.1) hold the same ``V`` tensor, so q, k, v share one ``X V``; per-role
-  categories still get one ``X V`` each. Then per member one rotation and one ``H U^T``.
+  categories still get one ``X V`` each. Then per member one rotation
+  (:func:`frod_rt.ops.rotate_slots` over the member's slot tables) and one ``H U^T``. When the
+  batch's adapters sit on several bases of the base model (frod_rt's, PEFT's, an imported
+  file's), the adapted rows are grouped by basis as :class:`AdaptedLinear` groups them: per
+  basis group its own ``X V_b`` (again once per distinct ``V_b`` within the group of roles),
+  rotation and ``H U_b^T``.
 * rows of an adapter with merged weights (``merge_hot`` or automatic merging) run one GEMM
   with the members' ``W'`` fused into one tensor when that adapter holds every row.
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...ops import rotate_segments
+from ...ops import rotate_slots
 from .batch import AdapterBatch
 from .fused import FusedLinear
 from .layers import AdaptedLinear
@@ -77,29 +82,52 @@ class LinearGroup:
                 W, b = self._fused_merged(a, sts)
                 return F.linear(x, W, b).split(self.fused.splits, dim=-1)
         yw = self.fused(x[plan.w_rows]) if plan.num_w else None
-        yr = [None] * len(sts)
+        xs: dict[int, torch.Tensor] = {}                 # id(row plan) -> x[rows]
+        zs: dict[tuple[int, int], torch.Tensor] = {}     # (id(V), id(row plan)) -> x[rows] V
+
+        def xv(V: torch.Tensor, p) -> torch.Tensor:
+            z = zs.get((id(V), id(p)))
+            if z is None:                        # once per basis (shared-input: once for q,k,v)
+                xr = xs.get(id(p))
+                if xr is None:
+                    xr = xs[id(p)] = x[p.r_rows]
+                z = zs[(id(V), id(p))] = xr @ V
+            return z
+
+        yr: list = [None] * len(sts)          # per member: H U^T of the rows of ``plan.r_rows``
+        by_basis: list = [None] * len(sts)    # or, with several bases: [(row plan, H U_b^T)]
         if plan.num_r:
-            xr = x[plan.r_rows]
-            zs: dict[int, torch.Tensor] = {}
             for i, (m, st) in enumerate(zip(self.layers, sts)):
-                z = zs.get(id(st.V))
-                if z is None:
-                    z = zs[id(st.V)] = xr @ st.V          # once per basis (shared-input: once)
-                dl, s, rows, cols = st.rotation_args(plan.slots)
-                h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, dl, s, rows, cols)
-                yr[i] = F.linear(h, st.U, m.bias)
+                dl, s, patterns = st.rotation_args()
+                groups = st.basis_groups(plan.slots)
+                if len(groups) == 1:
+                    V, U, _ = st.bases[next(iter(groups))]
+                    h = rotate_slots(xv(V, plan), plan.seg_indptr, plan.seg_slot, dl, s, patterns)
+                    yr[i] = F.linear(h, U, m.bias)
+                    continue
+                parts = []
+                for basis, slots in groups.items():
+                    p = ab.plan(set(slots), st.merged)
+                    if not p.num_r:
+                        continue
+                    V, U, _ = st.bases[basis]
+                    h = rotate_slots(xv(V, p), p.seg_indptr, p.seg_slot, dl, s, patterns)
+                    parts.append((p, F.linear(h, U, m.bias)))
+                by_basis[i] = parts
         outs = []
         for i, (m, st) in enumerate(zip(self.layers, sts)):
             w_part = yw[i] if yw is not None else None
-            if plan.contiguous:
+            if plan.contiguous and by_basis[i] is None:
                 parts = [p for p in (w_part, yr[i]) if p is not None]
                 outs.append(parts[0] if len(parts) == 1 else torch.cat(parts, 0))
                 continue
             y = torch.empty(T, m.out_features, dtype=x.dtype, device=x.device)
             if w_part is not None:
-                y.index_copy_(0, plan.w_rows, w_part)
+                y[plan.w_rows] = w_part
             if yr[i] is not None:
-                y.index_copy_(0, plan.r_rows, yr[i])
+                y[plan.r_rows] = yr[i]
+            for p, yp in by_basis[i] or ():
+                y[p.r_rows] = yp
             for s0, e0, a in plan.hot_runs:
                 y[s0:e0] = F.linear(x[s0:e0], st.merged[a], m.bias)
             outs.append(y)

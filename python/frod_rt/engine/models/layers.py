@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...ops import rotate_segments
+from ...ops import rotate_slots
 from .batch import AdapterBatch, AttnBatch
 from .slots import PatternStore, SlotTables, SlotValues
 
@@ -26,10 +26,13 @@ class AdaptedLinear:
     ``x W^T + b``. Row ``t`` of an adapter ``a`` that targets the layer computes the 'replace'
     form of ``x W'_a^T + b``, ``W'_a = U (diag(l + dl_a) + S_a) V^T``::
 
-        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_segments) ;  y = H U^T + b
+        Z = x V ;  H = Z * (l + dl_a) + S_a Z  (rotate_slots) ;  y = H U^T + b
 
-    The GEMMs ``X V`` and ``H U^T`` are shared by all adapted rows of the batch, and the row
-    split depends only on each row's own adapter (batch invariance). Adapters marked hot
+    The GEMMs ``X V`` and ``H U^T`` are shared by all adapted rows of the batch whose adapters
+    are expressed in one basis; adapters on several bases of the same base model (frod_rt's,
+    PEFT's, an imported file's) form one group per basis, each computing its own ``X V_b`` and
+    ``H U_b^T`` in the same step. The row split depends only on each row's own adapter (batch
+    invariance). Adapters marked hot
     (``merge_hot``, opt-in) instead use a materialised ``W'_a`` while on the device: one GEMM
     per hot adapter's rows.
 
@@ -47,15 +50,19 @@ class AdaptedLinear:
 
     # ---- adapter slots (called by the adapter manager) --------------------------------------
     def create_slots(self, A: int, V: torch.Tensor, U: torch.Tensor, l: torch.Tensor,
-                     store: PatternStore) -> None:
+                     store: PatternStore, basis: str | None = None) -> None:
         """Allocate ``A`` empty slots over the layer's basis: V (n, n), U (out, n), l (n,) in
-        the serving dtype and device. Once per layer."""
+        the serving dtype and device, registered as ``basis``. Once per layer."""
         if self.slots is not None:
             raise RuntimeError(f"{self.name}: slots already created")
         if tuple(U.shape) != (self.out_features, self.in_features):
             raise ValueError(f"{self.name}: U has shape {tuple(U.shape)}, expected "
                              f"{(self.out_features, self.in_features)}")
-        self.slots = SlotTables(A, V, U, l, store)
+        self.slots = SlotTables(A, V, U, l, store, basis)
+
+    def add_basis(self, basis: str, V: torch.Tensor, U: torch.Tensor, l: torch.Tensor) -> None:
+        """Register another basis of this layer (see ``SlotTables.add_basis``)."""
+        self.slots.add_basis(basis, V, U, l)
 
     def set_slot(self, slot: int, values: SlotValues) -> None:
         """Put one adapter's values (``SlotValues``: dl, s, pattern, merge) into ``slot``."""
@@ -76,12 +83,16 @@ class AdaptedLinear:
             return F.linear(x, self.weight, self.bias)
         if plan.num_r == 0 and plan.num_w == 0 and len(plan.hot_runs) == 1:
             return F.linear(x, st.merged[plan.hot_runs[0][2]], self.bias)   # one merged adapter
+        groups = st.basis_groups(plan.slots)
+        if len(groups) > 1:
+            return self._multi_basis(x, ab, plan, groups)
         yr = None
         if plan.num_r:
-            dl, s, rows, cols = st.rotation_args(plan.slots)
-            z = x[plan.r_rows] @ st.V
-            h = rotate_segments(z, plan.seg_indptr, plan.seg_slot, dl, s, rows, cols)
-            yr = F.linear(h, st.U, self.bias)
+            V, U, _ = st.bases[next(iter(groups))]
+            dl, s, patterns = st.rotation_args()
+            z = x[plan.r_rows] @ V
+            h = rotate_slots(z, plan.seg_indptr, plan.seg_slot, dl, s, patterns)
+            yr = F.linear(h, U, self.bias)
             if plan.num_w == 0 and not plan.hot_runs:
                 return yr
         yw = F.linear(x[plan.w_rows], self.weight, self.bias) if plan.num_w else None
@@ -93,6 +104,26 @@ class AdaptedLinear:
         if yr is not None:
             y.index_copy_(0, plan.r_rows, yr)
         for s0, e0, a in plan.hot_runs:          # opt-in merged weights of hot adapters
+            y[s0:e0] = F.linear(x[s0:e0], st.merged[a], self.bias)
+        return y
+
+    def _multi_basis(self, x: torch.Tensor, ab: AdapterBatch, plan, groups: dict) -> torch.Tensor:
+        """Adapted rows on several bases: per basis group its own ``X V_b``, rotation and
+        ``H U_b^T`` (a row's arithmetic is that of its group alone); W rows and hot rows as in
+        the one-basis case."""
+        st = self.slots
+        y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+        if plan.num_w:
+            y[plan.w_rows] = F.linear(x[plan.w_rows], self.weight, self.bias)
+        for basis, slots in groups.items():
+            p = ab.plan(set(slots), st.merged)
+            if not p.num_r:
+                continue
+            V, U, _ = st.bases[basis]
+            dl, s, patterns = st.rotation_args()
+            h = rotate_slots(x[p.r_rows] @ V, p.seg_indptr, p.seg_slot, dl, s, patterns)
+            y[p.r_rows] = F.linear(h, U, self.bias)
+        for s0, e0, a in plan.hot_runs:
             y[s0:e0] = F.linear(x[s0:e0], st.merged[a], self.bias)
         return y
 
