@@ -148,3 +148,39 @@ def test_shared_input_key_parsing():
     for bad in ("a.{q_proj,k_proj}:x+1x2", "a.{q_proj}:1+2x3"):
         assert shared_input_parts(bad) is None
         assert not category_accepts(bad, "a.q_proj", 3, 3)
+
+
+def test_peft_basis_needs_per_role():
+    with pytest.raises(ValueError, match="per_role"):
+        decompose(tiny_llama(), ["q_proj"], basis="peft", category_mode="shared_input",
+                  use_cache=False, progress=False)
+
+
+def test_shared_input_adapter_maps_onto_the_backbone(tmp_path):
+    """A shared-input adapter of LlamaForCausalLM fits its LlamaModel backbone (prefix
+    'model.' removed): shapes checked per role, the key rebuilt under the new names, and the
+    mapped adapter gives the backbone the same hidden states."""
+    from frod_rt.method.adapter_fit import fit_adapter_to_model
+    from frod_rt.method.categories import key_for_layer
+    assert key_for_layer("model.layers.*.self_attn.{q_proj,k_proj}:8+4x8",
+                         "layers.0.self_attn.q_proj", 12, 8) == "layers.*.self_attn.{q_proj,k_proj}:8+4x8"
+    ids = torch.randint(0, 67, (2, 5), generator=torch.Generator().manual_seed(3))
+    fm = get_frod_model(tiny_llama(dtype=torch.float64), FrodConfig(
+        ["q_proj", "k_proj", "v_proj"], cache_dir=tmp_path, progress=False,
+        category_mode="shared_input", init_std=0.05))
+    f = fm.adapter_file("default")
+    backbone = tiny_llama(dtype=torch.float64).model
+    mapped = fit_adapter_to_model(f, backbone)
+    assert mapped is not f and all(k.startswith("layers.*.self_attn.{q_proj,k_proj,v_proj}:")
+                                   for k in mapped.config.categories)
+    bb = get_frod_model(backbone, FrodConfig(["q_proj", "k_proj", "v_proj"], cache_dir=tmp_path,
+                                             progress=False, category_mode="shared_input"),
+                        adapter_name=None)
+    fm.save_adapter(tmp_path / "qkv")
+    bb.load_adapter(tmp_path / "qkv", "m")
+    bb.set_adapter("m")
+    fm.set_adapter("default")
+    with torch.no_grad():
+        want = fm.model.model(ids).last_hidden_state
+        got = bb(ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
