@@ -12,7 +12,8 @@ reads only these tables, never the manager.
   use; it shrinks again when that slot goes); the slot -> pattern plan table
   (:class:`frod_rt.ops.SlotPatterns`) that :func:`frod_rt.ops.rotate_slots` reads, so slots
   with different patterns (and k) share one rotation without padding; the slots whose adapter
-  targets the layer; merged ``W'`` of hot slots (``merge_hot``).
+  targets the layer; merged ``W'`` of hot slots (``merge_hot``, automatic merging), built
+  by ``merged_weight`` from the slot's own ``dl``, ``s`` (references kept per slot).
 * ``PatternStore``: the engine's patterns in use, as rotation plans on the device
   (:func:`frod_rt.ops.register_pattern`: planned once, keyed by content), reference-counted
   by the slots that use them and dropped when none does.
