@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller sweeps (minutes on 2 CPU cores)")
     size.add_argument("--tiny", action="store_true", help="seconds-long harness check, not a benchmark")
+    size.add_argument("--medium", action="store_true",
+                      help="engine suite only: the ~50M-parameter model of issue 13 (slow on CPU)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                     help="output folder (default: bench/results)")
@@ -34,11 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def run_suite(suite: str, device: str, mode: str, out_dir: Path) -> Path:
+def run_suite(suite: str, device: str, mode: str, out_dir: Path, command: str = "") -> Path:
     """Run one suite and write its JSON; returns the JSON path."""
     mod = importlib.import_module(f"bench.{suite}")
     res = Results(suite, device, quick=(mode != "full"), machine=machine_info(device),
-                  settings={"mode": mode})
+                  settings={"mode": mode, "command": command})
     mod.run(res, device, mode, out_dir)
     path = res.save(out_dir)
     print(f"[bench] {suite}: wrote {path}")
@@ -59,8 +61,12 @@ def main(argv=None) -> int:
     # PEFT FRoD builds a sparse COO tensor in every forward; torch warns each time
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    mode = "tiny" if args.tiny else "quick" if args.quick else "medium" if args.medium else "full"
+    if mode == "medium" and args.suite != "engine":
+        print("python -m bench: --medium exists for the engine suite only", file=sys.stderr)
+        return 2
     out_dir = Path(args.out)
     for suite in (SUITES if args.suite == "all" else (args.suite,)):
-        run_suite(suite, args.device, mode, out_dir)
+        run_suite(suite, args.device, mode, out_dir, "python -m bench " + " ".join(
+            sys.argv[1:] if argv is None else argv))
     return 0

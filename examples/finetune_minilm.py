@@ -43,8 +43,9 @@ TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dens
 
 
 # ------------------------------------------------------------------------------ data
-def _docstrings(pkg_dir: Path):
-    """(relative file, first paragraph) of every function/class docstring (>= 40 chars)."""
+def doc_items(pkg_dir: Path):
+    """(relative file, first paragraph, is_class) of every function/class docstring (>= 40
+    chars) under ``pkg_dir`` (tests, vendored code and benchmarks skipped)."""
     for f in sorted(pkg_dir.rglob("*.py")):
         rel = f.relative_to(pkg_dir.parent)
         if any(p in ("tests", "test", "testing", "_vendor", "benchmarks") for p in rel.parts):
@@ -60,7 +61,13 @@ def _docstrings(pkg_dir: Path):
                     continue
                 text = re.sub(r"\s+", " ", doc.split("\n\n")[0]).strip()
                 if len(text) >= 40:
-                    yield str(rel), text
+                    yield str(rel), text, isinstance(node, ast.ClassDef)
+
+
+def _docstrings(pkg_dir: Path):
+    """(relative file, first paragraph) of every function/class docstring (>= 40 chars)."""
+    for rel, text, _ in doc_items(pkg_dir):
+        yield rel, text
 
 
 DATA = ROOT / "examples/data/docstrings_6pkg.json"

@@ -131,6 +131,7 @@ def test_task_model_prefix_is_mapped(tmp_path, direction):
     with torch.no_grad():
         want = ref_bert(ids).last_hidden_state
     fm = get_frod_model(copy.deepcopy(dst), FrodConfig(BERT_T, progress=False,
+                                                       category_mode="per_role",   # as the file
                                                        cache_dir=tmp_path / "c"))
     fm.load_adapter(tmp_path / "ad", "mapped")
     with torch.no_grad(), fm.adapter_routing(["mapped"]):

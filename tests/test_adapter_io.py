@@ -24,6 +24,7 @@ def _cache(tmp_path, monkeypatch):
 
 def _model(seed=0, targets=TARGETS, **kw):
     kw.setdefault("init_std", 0.1)
+    kw.setdefault("category_mode", "per_role")     # the tests below build per-role keys
     torch.manual_seed(100 + seed)
     return get_frod_model(tiny_bert(seed), FrodConfig(targets, sparse_rate=0.05, progress=False,
                                                       **kw))

@@ -42,7 +42,8 @@ def test_seeded_adapter_save_load_serve_export(tmp_path, monkeypatch):
     from frod_rt.interop import export_peft
     base = toy_llama(vocab_size=97, hidden=32, intermediate=40, eos_token_id=None, std=0.1)
     fm = get_frod_model(copy.deepcopy(base), FrodConfig(target_modules=EXPORT_TARGETS,
-                                                        sparse_rate=0.05, seed=5, progress=False))
+                                                        sparse_rate=0.05, seed=5, progress=False,
+                                                        category_mode="per_role"))
     _fill_values(fm, "default", 3)
     fm.eval()
     d = fm.decomposition
@@ -61,7 +62,9 @@ def test_seeded_adapter_save_load_serve_export(tmp_path, monkeypatch):
     # save + load into another model
     fm.save_adapter(tmp_path / "ad5")
     fm2 = get_frod_model(copy.deepcopy(base), FrodConfig(target_modules=EXPORT_TARGETS,
-                                                         progress=False), adapter_name="zero")
+                                                         progress=False,
+                                                         category_mode="per_role"),
+                         adapter_name="zero")
     assert fm2.load_adapter(tmp_path / "ad5") == "default"
     fm2.set_adapter("default")
     with torch.no_grad():

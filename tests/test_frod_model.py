@@ -237,7 +237,9 @@ def test_merge_and_unload_gives_plain_model():
 
 
 def test_adapter_management_errors():
-    fm = get_frod_model(tiny_bert(), _cfg(["query", "value"], init_std=0.1))
+    # per-role: with shared-input categories "key" is decomposed as the sibling of query/value
+    fm = get_frod_model(tiny_bert(), _cfg(["query", "value"], init_std=0.1,
+                                          category_mode="per_role"))
     ids = torch.randint(0, 50, (2, 5))
     with pytest.raises(ValueError, match="already exists"):
         fm.add_adapter("default", _cfg(["query"]))

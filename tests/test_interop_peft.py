@@ -134,7 +134,8 @@ def test_export_native_adapter_loads_in_peft(ids, tmp_path, monkeypatch):
     monkeypatch.setenv("FROD_RT_CACHE", str(tmp_path / "cache"))
     base = _bert()
     fm = get_frod_model(copy.deepcopy(base), FrodConfig(target_modules=BERT_TARGETS,
-                                                        sparse_rate=0.05, progress=False))
+                                                        sparse_rate=0.05, progress=False,
+                                                        category_mode="per_role"))
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for m in fm.frod_layers().values():

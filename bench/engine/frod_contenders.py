@@ -12,19 +12,22 @@ from .model import TARGETS, clone
 
 
 def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Path,
-                        seed: int = 0, scale: float = 0.01) -> tuple[dict[str, Path], float]:
+                        seed: int = 0, scale: float = 0.01, targets=TARGETS,
+                        category_mode: str = "per_role") -> tuple[dict[str, Path], float]:
     """Write ``num_adapters`` frod_rt adapter files with random non-zero ``dl`` and ``s``
-    (magnitude ``scale``) for every targeted layer of ``base``. Returns ({name: dir}, seconds)."""
+    (magnitude ``scale``) for every targeted layer of ``base``, on the decomposition of
+    ``category_mode``. Returns ({name: dir}, seconds)."""
     from frod_rt.method import (AdapterConfig, AdapterFile, LayerDelta, decompose,
                                 pattern_size, write_adapter)
     from frod_rt.method.adapter_io import FORMAT_VERSION, base_fields
     t0 = time.perf_counter()
-    d = decompose(base, TARGETS, cache_dir=folder / "decomposition-cache", progress=False)
+    d = decompose(base, list(targets), cache_dir=folder / "decomposition-cache", progress=False,
+                  category_mode=category_mode)
     cats = {key: {"out": c.out_features, "in": c.in_features,
                   "k": pattern_size(c.in_features, sparse_rate), "layers": list(c.layers),
                   "fingerprint": c.fingerprint} for key, c in d.categories.items()}
     cfg = AdapterConfig(format_version=FORMAT_VERSION, decomposition_fingerprint=d.fingerprint,
-                        target_modules=list(TARGETS), sparse_rate=sparse_rate, seed=0,
+                        target_modules=list(targets), sparse_rate=sparse_rate, seed=0,
                         alpha=d.alpha, categories=cats, extra={"made_by": "bench"},
                         **base_fields(d))
     g = torch.Generator().manual_seed(seed)
@@ -43,10 +46,11 @@ def write_frod_adapters(base, num_adapters: int, sparse_rate: float, folder: Pat
 
 
 def build_engine(base, adapters: dict[str, Path], device: str, max_batch: int,
-                 max_len: int, cache_dir: Path, merge_hot=()):
+                 max_len: int, cache_dir: Path, merge_hot=(), auto_merge: bool = False):
     """A frod_rt Engine over a copy of ``base`` with every adapter resident on the device
     (``merge_hot``: adapter names served through materialised weights, the engine's opt-in
-    merged variant). Returns (engine, setup_seconds)."""
+    merged variant; ``auto_merge``: the engine's opt-in automatic merging of a dominant
+    adapter). Returns (engine, setup_seconds)."""
     from frod_rt.engine import Engine
     t0 = time.perf_counter()
     n = max(1, len(adapters))
@@ -54,7 +58,8 @@ def build_engine(base, adapters: dict[str, Path], device: str, max_batch: int,
                       max_num_seqs=max_batch, max_batch_tokens=max(2 * max_batch, 512),
                       kv_cache_tokens=max_batch * max_len * 2, max_waiting=1 << 20,
                       device_adapter_capacity=n, host_adapter_capacity=n, cache_dir=cache_dir,
-                      **({"merge_hot": list(merge_hot)} if merge_hot else {}))
+                      **({"merge_hot": list(merge_hot)} if merge_hot else {}),
+                      **({"auto_merge": True} if auto_merge else {}))
     return eng, time.perf_counter() - t0
 
 

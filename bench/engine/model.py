@@ -6,8 +6,13 @@ import copy
 import torch
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# the medium model adapts what issue 13 measured (LLaMA-size practice: down_proj left out)
+MEDIUM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
 
 SIZES = {
+    # ~50M parameters: large enough that the GEMMs, not Python, set the engine's speed on CPU
+    "medium": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=6,
+                   num_attention_heads=12, num_key_value_heads=4, vocab_size=4096),
     "full": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=4, vocab_size=2048),
     "quick": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2,
@@ -36,11 +41,11 @@ def clone(model):
     return copy.deepcopy(model)
 
 
-def describe(model) -> dict:
+def describe(model, targets=TARGETS) -> dict:
     c = model.config
     return {"arch": "LlamaForCausalLM (random weights)", "hidden_size": c.hidden_size,
             "intermediate_size": c.intermediate_size, "layers": c.num_hidden_layers,
             "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
             "vocab_size": c.vocab_size, "params": sum(p.numel() for p in model.parameters()),
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "target_modules": TARGETS}
+            "target_modules": list(targets)}

@@ -19,14 +19,15 @@ def adapter_name(i: int) -> str:
     return f"a{i}"
 
 
-def build_peft_frod(base, num_adapters: int, sparse_rate: float, seed: int = 0):
+def build_peft_frod(base, num_adapters: int, sparse_rate: float, seed: int = 0,
+                    targets=TARGETS):
     """A PeftModel with ``num_adapters`` FRoD adapters of random non-zero values.
     Returns (model, setup_seconds)."""
     import torch
     from peft import FrodConfig, get_peft_model
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    cfg = dict(target_modules=TARGETS, sparse_rate=sparse_rate, init_weights=False,
+    cfg = dict(target_modules=list(targets), sparse_rate=sparse_rate, init_weights=False,
                progressbar=False)
     model = get_peft_model(clone(base), FrodConfig(**cfg), adapter_name=adapter_name(0))
     for i in range(1, num_adapters):
@@ -35,26 +36,26 @@ def build_peft_frod(base, num_adapters: int, sparse_rate: float, seed: int = 0):
     return model, time.perf_counter() - t0
 
 
-def lora_rank(base, sparse_rate: float) -> int:
+def lora_rank(base, sparse_rate: float, targets=TARGETS) -> int:
     """LoRA rank whose trainable size matches FRoD's ``in + k`` per layer (summed over the
     targeted layers of ``base``), at least 1."""
     import torch.nn as nn
     frod = lora_per_rank = 0
     for name, mod in base.named_modules():
-        if isinstance(mod, nn.Linear) and name.split(".")[-1] in TARGETS:
+        if isinstance(mod, nn.Linear) and name.split(".")[-1] in targets:
             n = mod.in_features
             frod += n + round(n * n * sparse_rate)
             lora_per_rank += mod.in_features + mod.out_features
     return max(1, round(frod / max(lora_per_rank, 1)))
 
 
-def build_peft_lora(base, num_adapters: int, rank: int, seed: int = 0):
+def build_peft_lora(base, num_adapters: int, rank: int, seed: int = 0, targets=TARGETS):
     """A PeftModel with ``num_adapters`` LoRA adapters (random non-zero A and B)."""
     import torch
     from peft import LoraConfig, get_peft_model
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    cfg = dict(target_modules=TARGETS, r=rank, lora_alpha=2 * rank, init_lora_weights=False)
+    cfg = dict(target_modules=list(targets), r=rank, lora_alpha=2 * rank, init_lora_weights=False)
     model = get_peft_model(clone(base), LoraConfig(**cfg), adapter_name=adapter_name(0))
     for i in range(1, num_adapters):
         model.add_adapter(adapter_name(i), LoraConfig(**cfg))

@@ -145,7 +145,9 @@ def run(args) -> int:
 
     torch.manual_seed(args.seed)
     cfg = FrodConfig(target_modules=list(args.targets), sparse_rate=args.sparse_rate,
-                     cache_dir=args.cache_dir, progress=True)
+                     cache_dir=args.cache_dir, progress=True,
+                     # PEFT's basis is per role; frod_rt's own uses the default category mode
+                     category_mode="per_role" if args.basis != "frod_rt" else None)
     dec = None
     if args.basis != "frod_rt":
         from ..method.decompose import decompose

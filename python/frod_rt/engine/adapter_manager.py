@@ -157,8 +157,17 @@ class AdapterManager:
         names (cached on disk per category, so categories already served are unchanged)."""
         import math
 
+        from ..method.adapter_io import AdapterError
+        from ..method.categories import decomposition_category_mode
         from ..method.decompose import decompose
         d = self.decomposition
+        mode = decomposition_category_mode(file.config.categories)
+        if d is not None:
+            have = decomposition_category_mode(d.categories)
+            if have != mode:
+                raise AdapterError(f"its categories are {mode!r} but this engine serves "
+                                   f"{have!r} adapters (one category mode per engine: a layer "
+                                   "has one basis)")
         if d is not None and (all(n in d.layers for n in file.layers)
                               or not math.isclose(d.alpha, file.config.alpha, rel_tol=1e-12)):
             return d                      # covered, or check_against reports the alpha clash
@@ -166,7 +175,7 @@ class AdapterManager:
         for c in file.config.categories.values():
             names.update(c["layers"])
         return decompose(self.model, sorted(names), alpha=file.config.alpha,
-                         cache_dir=self.cache_dir, progress=self.progress)
+                         cache_dir=self.cache_dir, progress=self.progress, category_mode=mode)
 
     def _basis_for(self, file, path: Path):
         """The decomposition ``file`` fits: frod_rt's own (``_decomposition_for``), else the one

@@ -46,6 +46,10 @@ _LIMITS = {
     "cache_dir": None,              # decomposition cache directory
     "progress": False,              # progress bar while decomposing
     "merge_hot": (),                # adapter names served with a merged weight (opt-in)
+    "auto_merge": False,            # merge a dominant adapter automatically (opt-in, not batch-invariant)
+    "auto_merge_window": 8,         # steps over which row shares are counted
+    "auto_merge_share": 0.5,        # merge an adapter holding at least this share of the rows
+    "auto_merge_budget_mb": None,   # merged weights at most (default: one copy of the adapted weights)
     "blend_cache_capacity": 32,     # distinct blends kept when unused (see blends.py)
     "record_logits": False,         # keep each sampled step's logits on the Sequence (tests)
     "admission_aging_steps": 16,    # skips for want of an adapter slot before others must wait
@@ -149,7 +153,15 @@ class Engine:
                                      nblocks * bs))
         self.scheduler = Scheduler(self.block_manager, self.pool, max_seqs, max_tokens, chunk,
                                    max_skips=int(lim["admission_aging_steps"]))
-        self.runner = ModelRunner(m, self.kv, self.device)
+        auto = None
+        if lim["auto_merge"]:
+            from .auto_merge import AutoMerger
+            mb = lim["auto_merge_budget_mb"]
+            auto = AutoMerger(adapted_layers(m).values(), window=int(lim["auto_merge_window"]),
+                              share=float(lim["auto_merge_share"]),
+                              budget_bytes=None if mb is None else int(float(mb) * 2**20))
+        self.auto_merger = auto
+        self.runner = ModelRunner(m, self.kv, self.device, auto_merge=auto)
         self.sampler = Sampler()
         # EOS: the tokenizer's and the model's generation config's (either stops a request)
         eos: set[int] = set()

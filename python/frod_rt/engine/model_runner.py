@@ -36,8 +36,9 @@ class ModelRunner:
     the sequences whose chunk reached their last token (those that sample this step).
     """
 
-    def __init__(self, model, kv_cache: KVCache, device):
+    def __init__(self, model, kv_cache: KVCache, device, auto_merge=None):
         self.model = model
+        self.auto_merge = auto_merge          # AutoMerger or None (see auto_merge.py)
         self.kv = kv_cache
         self.block_size = kv_cache.block_size
         self.device = torch.device(device)
@@ -71,6 +72,8 @@ class ModelRunner:
         attn = AttnBatch(starts, q_lens, ctx_lens, causal=True, block_tables=tables,
                          slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
                          kv_cache=self.kv)
+        if self.auto_merge is not None:
+            self.auto_merge.observe(row_slots)
         ab = AdapterBatch(row_slots, dev)
         logits = self.model.forward(torch.tensor(ids, dtype=torch.long, device=dev),
                                     torch.tensor(pos, dtype=torch.long, device=dev), attn, ab,

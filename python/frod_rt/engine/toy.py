@@ -90,7 +90,7 @@ def save_toy_model(model, tokenizer, path) -> Path:
 def random_adapter(model, path, target_modules, name: str | None = None,
                    sparse_rate: float = 0.05, scale: float = 0.3, seed: int = 0,
                    cache_dir=None, decomposition=None, pattern_seed: int = 0,
-                   explicit_pattern: bool = False):
+                   explicit_pattern: bool = False, category_mode: str = "per_role"):
     """Write a random-valued FRoD adapter for ``model`` to ``path`` and return its AdapterFile.
 
     ``dl`` ~ scale * l * N(0, 1) (relative to the layer's own scales) and ``s`` ~
@@ -104,7 +104,8 @@ def random_adapter(model, path, target_modules, name: str | None = None,
                                      base_fields, write_adapter)
     from ..method.decompose import decompose
     from ..method.patterns import pattern_size, positions_to_pairs
-    d = decomposition or decompose(model, target_modules, cache_dir=cache_dir, progress=False)
+    d = decomposition or decompose(model, target_modules, cache_dir=cache_dir, progress=False,
+                                   category_mode=category_mode)
     g = torch.Generator().manual_seed(seed)
     cats, layers = {}, {}
     for key, cat in d.categories.items():
@@ -135,8 +136,11 @@ def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
     from ..method.decompose import decompose
     from ..method.delta import adapted_weight
     from ..method.patterns import delta_pattern
+    from ..method.categories import decomposition_category_mode
     d = decomposition or decompose(model, sorted(adapter.layers), alpha=adapter.config.alpha,
-                                   cache_dir=cache_dir, progress=False)
+                                   cache_dir=cache_dir, progress=False,
+                                   category_mode=decomposition_category_mode(
+                                       adapter.config.categories))
     out = {}
     for lname, delta in adapter.layers.items():
         b = d.layers[lname]

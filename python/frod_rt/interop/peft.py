@@ -37,7 +37,7 @@ from torch import nn
 
 from ..method.adapter_io import AdapterError, AdapterFile, check_against
 from ..method.basis import Decomposition
-from ..method.categories import is_conv1d, linear_weight
+from ..method.categories import decomposition_category_mode, is_conv1d, linear_weight
 from ..method.decompose import decompose
 from ..method.joint import peft_joint_basis
 from ..method.patterns import delta_pattern
@@ -403,6 +403,10 @@ def export_peft(adapter: AdapterFile, base_model: nn.Module, path,
     """
     from safetensors.torch import save_file
 
+    if decomposition_category_mode(adapter.config.categories) != "per_role":
+        raise AdapterError(f"adapter {adapter.name!r} uses shared-input categories (q,k,v "
+                           "share one basis); PEFT FRoD has one category per role: train it "
+                           "with FrodConfig(category_mode='per_role') to export it")
     if decomposition is None:   # the basis it fits: frod_rt's, or PEFT's (exact export)
         adapter, decomposition = _decomposition_of(adapter, base_model, cache_dir)
     check_against(adapter, decomposition)

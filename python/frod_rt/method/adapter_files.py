@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .adapter_io import (FORMAT_VERSION, AdapterConfig, AdapterError, AdapterFile, LayerDelta,
                          base_fields, check_against)
+from .categories import decomposition_category_mode
 from .config import FrodConfig, check_adapter_name
 from .patterns import delta_pattern
 from . import saved_modules as _saved
@@ -96,6 +97,7 @@ def import_adapter(fm, adapter: AdapterFile, name: str | None = None) -> None:
         config = FrodConfig(target_modules=cfg.target_modules[0] if regex else cfg.target_modules,
                             sparse_rate=cfg.sparse_rate, seed=cfg.seed, alpha=cfg.alpha,
                             param_dtype=next(iter(adapter.layers.values())).dl.dtype,
+                            category_mode=decomposition_category_mode(cfg.categories),
                             extra={k: v for k, v in cfg.extra.items()
                                    if k != "target_modules_is_regex"},
                             modules_to_save=sorted(adapter.modules) or None)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .adapter_io import AdapterFile, LayerDelta, other_model_error
-from .categories import category_key, is_supported, linear_weight
+from .categories import (decomposition_category_mode, is_supported, key_for_layer,
+                         layer_out_in_category, linear_weight)
 from .config import pattern_seed_string
 from .fingerprint import NATIVE_BASIS, category_fingerprint, describe_model, model_fingerprint
 from .patterns import sparse_pattern
@@ -54,9 +55,10 @@ def _mismatch(adapter: AdapterFile, model: nn.Module, weights: dict, rename) -> 
                     return (f"layer {name!r} is a {type(m).__name__} in this base; FRoD adapts "
                             "nn.Linear and Conv1D layers only")
                 return f"layer {name!r} ({c['out']}x{c['in']}) does not exist in this base"
-            if tuple(w.shape) != (c["out"], c["in"]):
+            want = (layer_out_in_category(key, name, c["out"]), c["in"])
+            if tuple(w.shape) != want:
                 return (f"layer {name!r} has shape {w.shape[0]}x{w.shape[1]} in this base, the "
-                        f"adapter's category {key!r} says {c['out']}x{c['in']}")
+                        f"adapter's category {key!r} says {want[0]}x{want[1]}")
     return None
 
 
@@ -90,7 +92,7 @@ def _renamed(adapter: AdapterFile, weights: dict, rename, how: str) -> AdapterFi
         if basis is None:
             return None
         new_names = [rename(n) for n in c["layers"]]
-        new_key = category_key(new_names[0], c["out"], c["in"])
+        new_key = key_for_layer(key, new_names[0], c["out"], c["in"])
         new_fp = category_fingerprint(new_key, cfg.alpha,
                                       [(n, weights[n]) for n in new_names], basis)
         cats[new_key] = dict(c, layers=new_names, fingerprint=new_fp)
@@ -137,10 +139,11 @@ def find_decomposition(adapter: AdapterFile, model: nn.Module, cache_dir=None
     from .decompose import BASES, decompose
     fitted = fit_adapter_to_model(adapter, model)
     names = sorted(fitted.layers)
+    mode = decomposition_category_mode(fitted.config.categories)
     first = None
-    for basis in BASES:
+    for basis in BASES if mode == "per_role" else BASES[:1]:   # PEFT's basis is per role
         d = decompose(model, names, alpha=fitted.config.alpha, basis=basis, cache_dir=cache_dir,
-                      progress=False)
+                      progress=False, category_mode=mode)
         try:
             check_against(fitted, d)
             return fitted, d

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .categories import category_key
+from .categories import category_accepts, category_key
 
 FORMAT_NAME = "frod_rt.adapter"
 FORMAT_VERSION = 2
@@ -173,7 +173,7 @@ def _parse_config(path: Path, raw: dict) -> tuple[str | None, AdapterConfig]:
         for name in layers:
             if name in seen:
                 _fail(path, f"layer {name!r} is listed twice")
-            if category_key(name, c["out"], n) != key:
+            if not category_accepts(key, name, c["out"], n):
                 _fail(path, f"layer {name!r} cannot belong to category {key!r} (its category "
                             f"would be {category_key(name, c['out'], n)!r})")
             seen.add(name)

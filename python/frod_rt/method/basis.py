@@ -17,6 +17,14 @@ from safetensors.torch import load_file, save_file
 DECOMPOSITION_FORMAT = 1
 
 
+def layer_outs(key: str, out_features: int) -> list[int]:
+    """Row counts of a category's layers, cycling in layer order: ``[out]`` for a per-role
+    category, ``[o_q, o_k, o_v]`` for a shared-input one (its key ends ``:o_q+o_k+o_vxin``)."""
+    from .categories import shared_input_parts
+    parts = shared_input_parts(key)
+    return parts[2] if parts is not None else [int(out_features)]
+
+
 @dataclass
 class LayerBasis:
     """Per adapted base layer: ``W = U diag(l) V^T`` with V from its category."""
@@ -28,7 +36,9 @@ class LayerBasis:
 
 @dataclass
 class Category:
-    """One module role with one shape: the basis V shared by its layers and all adapters."""
+    """One module role with one shape (or, shared-input mode, the roles reading one input):
+    the basis V shared by its layers and all adapters. ``out_features`` of a shared-input
+    category is the summed out of one layer's roles (see :func:`layer_outs`)."""
     key: str
     out_features: int
     in_features: int
@@ -150,9 +160,11 @@ class Decomposition:
                     raise ValueError(f"V of {key}: shape {tuple(V.shape)}")
                 cats[key] = Category(key, c["out"], c["in"], V, list(c["layers"]),
                                      c.get("fingerprint", ""))
-                for name in c["layers"]:
+                outs = layer_outs(key, c["out"])
+                for j, name in enumerate(c["layers"]):
                     U, lam = tensors[f"U::{name}"], tensors[f"l::{name}"]
-                    if tuple(U.shape) != (c["out"], c["in"]) or tuple(lam.shape) != (c["in"],):
+                    if tuple(U.shape) != (outs[j % len(outs)], c["in"]) \
+                            or tuple(lam.shape) != (c["in"],):
                         raise ValueError(f"U/l of {name}: shapes {tuple(U.shape)}, {tuple(lam.shape)}")
                     layers[name] = LayerBasis(name, key, U, lam)
         except KeyError as e:

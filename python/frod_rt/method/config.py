@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 COMPUTE_PATHS = ("auto", "factored", "dense")
+# category mode of a model built by get_frod_model when its FrodConfig gives none (docs/method.md
+# "Shared-input categories" has the measurement this choice rests on)
+DEFAULT_CATEGORY_MODE = "shared_input"
 BASE = "__base__"
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -37,6 +40,9 @@ class FrodConfig:
         init_std: 0 initialises dl and s to zero (model unchanged); > 0 draws them from
             N(0, init_std^2) (useful for tests).
         cache_dir, progress: passed to ``decompose``.
+        category_mode: "per_role" or "shared_input" (roles reading one input share a basis V,
+            DESIGN.md 2.1) for the decomposition ``get_frod_model`` builds; None = the
+            model's mode when adding to a model, :data:`DEFAULT_CATEGORY_MODE` when building one.
         modules_to_save: names (PEFT-style suffixes) of whole modules, e.g. a classifier
             head, that this adapter trains as its own copy; saved in the adapter file.
         k_rounding: "round" (frod_rt: ``k = round(in*in*rate)``) or "floor" (PEFT and the
@@ -52,6 +58,7 @@ class FrodConfig:
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    category_mode: str | None = None
     modules_to_save: list[str] | None = None
     k_rounding: str = "round"
 
@@ -79,6 +86,9 @@ class FrodConfig:
             raise TypeError(f"param_dtype must be a floating torch.dtype, got {self.param_dtype!r}")
         if not float(self.init_std) >= 0:
             raise ValueError(f"init_std must be >= 0, got {self.init_std!r}")
+        if self.category_mode is not None:
+            from .categories import check_category_mode
+            check_category_mode(self.category_mode)
         mts = self.modules_to_save
         if mts is not None:
             if isinstance(mts, str) or not isinstance(mts, (list, tuple)) or not all(

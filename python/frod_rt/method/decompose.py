@@ -20,8 +20,9 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .basis import Category, Decomposition, LayerBasis
-from .categories import category_key, find_targets, group_categories, linear_weight
+from .basis import Category, Decomposition, LayerBasis, layer_outs
+from .categories import (category_key, find_targets, group_categories, is_shared_input_key,
+                         linear_weight, with_input_siblings)
 from .fingerprint import (NATIVE_BASIS, category_fingerprint, decomposition_fingerprint,
                           describe_model, model_fingerprint)
 from .joint import ALGORITHM_VERSION, joint_basis, peft_joint_basis, scale_split, split_in_basis
@@ -56,14 +57,15 @@ def _threads_for(flops: float):
 def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.dtype,
                        basis: str = NATIVE_BASIS
                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """V (in, in), [U_i (out, in)], [l_i (in,)] of one category on CPU in ``dtype``.
+    """V (in, in), [U_i (out_i, in)], [l_i (in,)] of one category on CPU in ``dtype``.
 
-    ``basis="frod_rt"``: the float64 joint decomposition (:func:`.joint.joint_basis`).
+    ``basis="frod_rt"``: the float64 joint decomposition (:func:`.joint.joint_basis`); the
+    weights may differ in ``out`` (a shared-input category stacks q, k, v).
     ``basis="peft"``: ``V`` as upstream PEFT computes it (float32, :func:`.joint.peft_joint_basis`,
     cast to the weights' dtype as PEFT does), then ``U_i, l_i`` split off ``W_i`` in that basis in
     float64 (:func:`.joint.split_in_basis`), so ``W_i = U_i diag(l_i) V^T`` to round-off and
     adapters trained on it export to PEFT exactly."""
-    out_f, in_f = weights[0].shape
+    in_f = weights[0].shape[1]
     if basis == "peft":
         # torch's own thread count, as in PEFT: LAPACK results can depend on it, and PEFT
         # recomputes this basis when it loads an exported adapter
@@ -76,7 +78,7 @@ def decompose_category(weights: list[torch.Tensor], alpha: float, dtype: torch.d
         return V.to(dtype), Us, ls
     if basis != NATIVE_BASIS:
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
-    with _threads_for(len(weights) * out_f * in_f * in_f):
+    with _threads_for(sum(w.shape[0] for w in weights) * in_f * in_f):
         V, Bs = joint_basis(weights, alpha)
     Us, ls = [], []
     for B in Bs:
@@ -100,8 +102,9 @@ def _cache_file(cache_dir: Path, fp: str, dtype: torch.dtype) -> Path:
     return cache_dir / "categories" / f"{fp}.{_dtype_name(dtype)}.safetensors"
 
 
-def _load_cached(path: Path, names: list[str], shape: tuple[int, int]):
-    """(V, Us, ls) from a cache file, or None when absent/unreadable/not matching."""
+def _load_cached(path: Path, names: list[str], shapes: list[tuple[int, int]]):
+    """(V, Us, ls) from a cache file, or None when absent/unreadable/not matching
+    (``shapes``: the (out, in) of each layer)."""
     if not path.is_file():
         return None
     try:
@@ -114,8 +117,9 @@ def _load_cached(path: Path, names: list[str], shape: tuple[int, int]):
             ls = [f.get_tensor(f"l.{i}") for i in range(len(names))]
     except Exception:
         return None
-    out_f, in_f = shape
-    if tuple(V.shape) != (in_f, in_f) or any(tuple(u.shape) != (out_f, in_f) for u in Us) \
+    in_f = shapes[0][1]
+    if tuple(V.shape) != (in_f, in_f) or any(tuple(u.shape) != tuple(sh)
+                                             for u, sh in zip(Us, shapes)) \
             or any(tuple(x.shape) != (in_f,) for x in ls):
         return None
     return V, Us, ls
@@ -136,11 +140,19 @@ def _store_cached(path: Path, names: list[str], V, Us, ls) -> None:
         warnings.warn(f"frod_rt: could not write the decomposition cache {path}: {e}")
 
 
+def _category_out(key: str, shapes: list[tuple[int, int]]) -> int:
+    """``out_features`` of a category: the common out of a per-role category, the summed out of
+    one layer's roles (``o_q + o_k + o_v``) for a shared-input one."""
+    if is_shared_input_key(key):
+        return sum(layer_outs(key, 0))
+    return shapes[0][0]
+
+
 @torch.no_grad()
 def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 1e-3,
               cache_dir: str | os.PathLike | None = None, progress: bool = True,
               dtype: torch.dtype | None = None, use_cache: bool = True,
-              basis: str = NATIVE_BASIS) -> Decomposition:
+              category_mode: str = "per_role", basis: str = NATIVE_BASIS) -> Decomposition:
     """Decompose the targeted linear layers of ``model`` (DESIGN.md 1.1).
 
     Every targeted layer ``W_i`` (out, in) becomes ``U_i diag(l_i) V^T`` with ``V`` shared by
@@ -154,9 +166,15 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         progress: show a tqdm bar over categories.
         dtype: dtype of the stored U, l, V; None -> each layer's weight dtype.
         use_cache: read/write the on-disk cache.
+        category_mode: "per_role" (one category per role and shape, DESIGN.md 1.1; what
+            PEFT and the official code use) or "shared_input" (roles reading one input share a
+            category and its V, DESIGN.md 2.1; see :mod:`.categories`). A targeted role
+            brings its untargeted siblings into the decomposition (the category is the
+            model's, so adapters of any subset of the roles share it).
         basis: "frod_rt" (default: the float64 joint basis) or "peft" (``V`` computed as
             upstream PEFT computes it, so adapters trained on it export to PEFT exactly; see
             :func:`decompose_category`). Part of the category and decomposition fingerprints.
+            "peft" needs per-role categories (PEFT has no shared-input category).
 
     Returns:
         A :class:`Decomposition` whose tensors sit on each layer's weight device.
@@ -166,9 +184,14 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
+    if basis == "peft" and category_mode == "shared_input":
+        raise ValueError('basis="peft" needs category_mode="per_role": PEFT has no shared-input '
+                         'categories (decompose with category_mode="per_role")')
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     targets = find_targets(model, target_modules)
-    groups = group_categories(targets)
+    if category_mode == "shared_input":
+        targets = with_input_siblings(model, targets)
+    groups = group_categories(targets, category_mode)
     categories: dict[str, Category] = {}
     layers: dict[str, LayerBasis] = {}
     cat_fps: dict[str, str] = {}
@@ -177,14 +200,16 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
     for key, members in bar:
         names = [n for n, _ in members]
         weights = [linear_weight(m).detach() for _, m in members]
-        out_f, in_f = weights[0].shape
+        shapes = [tuple(int(x) for x in w.shape) for w in weights]
+        in_f = shapes[0][1]
+        out_f = _category_out(key, shapes)
         device = weights[0].device
         want = dtype or weights[0].dtype
         bar.set_postfix_str(f"{key} L={len(names)}")
         fp = category_fingerprint(key, alpha, list(zip(names, weights)), basis)
         cat_fps[key] = fp
         path = _cache_file(cache, fp, want)
-        got = _load_cached(path, names, (out_f, in_f)) if use_cache else None
+        got = _load_cached(path, names, shapes) if use_cache else None
         if got is None:
             got = decompose_category(weights, alpha, want, basis)
             if use_cache:
@@ -195,7 +220,7 @@ def decompose(model: nn.Module, target_modules: list[str] | str, alpha: float = 
             layers[name] = LayerBasis(name, key, U.to(device), lam.to(device))
     tm = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     extra = {"algorithm_version": ALGORITHM_VERSION,
-             "target_modules_is_regex": isinstance(target_modules, str), "basis": basis,
-             **base_identity(model)}
+             "target_modules_is_regex": isinstance(target_modules, str),
+             "category_mode": category_mode, "basis": basis, **base_identity(model)}
     return Decomposition(decomposition_fingerprint(alpha, cat_fps, basis), alpha, tm, categories,
                          layers, extra)

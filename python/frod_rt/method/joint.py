@@ -19,43 +19,51 @@ def _spd_inverse(m: torch.Tensor) -> torch.Tensor:
 
 def joint_basis(weights: list[torch.Tensor], alpha: float = 1e-3
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Shared basis ``V`` and per-layer ``B_i`` with ``W_i = B_i V^T`` (float64, CPU).
+    """Shared basis ``V`` and per-block ``B_i`` with ``W_i = B_i V^T`` (float64, CPU).
 
-    Full-rank branch (``L*out >= in``), with ``A = [W_1; ...; W_L] = Q R`` (thin QR)::
+    The blocks must share the input dimension ``in``; their row counts ``out_i`` may differ
+    (a shared-input category stacks e.g. q, k, v of every layer, DESIGN.md 2.1). With
+    ``N = sum_i out_i``:
+
+    Full-rank branch (``N >= in``), with ``A = [W_1; ...; W_L] = Q R`` (thin QR)::
 
         T = mean_i inv(Q_i^T Q_i + alpha I);  E = eigenvectors(T)
         V = R^T E;  B_i = Q_i E        (B_i V^T = Q_i E E^T R = Q_i R = W_i; inv(V) never formed)
 
-    Rank-deficient branch (``L*out < in``, the stack cannot give a square ``R``): ``V`` = the
+    Rank-deficient branch (``N < in``, the stack cannot give a square ``R``): ``V`` = the
     full set of right singular vectors of ``A`` (orthogonal) and ``B_i = W_i V``; the columns
     of ``B_i`` past the numerical rank of ``A`` are set to exactly zero (``W_i`` has no
     component there), so those ``l`` are zero.
 
     Args:
-        weights: L tensors of identical shape (out, in), any float dtype/device.
+        weights: L 2-D tensors (out_i, in) with one ``in``, any float dtype/device.
         alpha: ridge term of the T average (> 0).
 
     Returns:
-        V (in, in) and [B_1 .. B_L] (out, in), all float64 on CPU.
+        V (in, in) and [B_1 .. B_L] (out_i, in), all float64 on CPU.
     """
     if not weights:
         raise ValueError("joint_basis: no weights")
-    shape = tuple(weights[0].shape)
-    if len(shape) != 2 or any(tuple(w.shape) != shape for w in weights):
-        raise ValueError(f"joint_basis: all weights must share one 2-D shape, got "
+    in_f = weights[0].shape[-1]
+    if any(w.dim() != 2 or w.shape[1] != in_f or w.shape[0] < 1 for w in weights):
+        raise ValueError(f"joint_basis: all weights must be 2-D with one input dimension, got "
                          f"{[tuple(w.shape) for w in weights]}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    out_f, in_f = shape
     L = len(weights)
+    outs = [int(w.shape[0]) for w in weights]
+    offs = [0]
+    for o in outs:
+        offs.append(offs[-1] + o)
     A = torch.cat([w.detach().to(device="cpu", dtype=torch.float64) for w in weights], dim=0)
-    if L * out_f >= in_f:
+    if offs[-1] >= in_f:
         Q, R = torch.linalg.qr(A, mode="reduced")  # Q (L*out, in), R (in, in)
         del A
         eye = torch.eye(in_f, dtype=torch.float64)
         T = torch.zeros(in_f, in_f, dtype=torch.float64)
         for i in range(L):
-            Qi = Q[i * out_f:(i + 1) * out_f]
+            Qi = Q[offs[i]:offs[i + 1]]
+            out_f = outs[i]
             if out_f < in_f:
                 # Woodbury: inv(alpha I + Qi^T Qi) = (I - Qi^T inv(alpha I + Qi Qi^T) Qi) / alpha,
                 # an out x out solve instead of an in x in inverse.
@@ -70,7 +78,7 @@ def joint_basis(weights: list[torch.Tensor], alpha: float = 1e-3
         T = 0.5 * (T + T.T)
         _, E = torch.linalg.eigh(T)
         V = R.T @ E
-        Bs = [Q[i * out_f:(i + 1) * out_f] @ E for i in range(L)]
+        Bs = [Q[offs[i]:offs[i + 1]] @ E for i in range(L)]
         return V, Bs
     _, svals, Vh = torch.linalg.svd(A, full_matrices=True)
     V = Vh.T.contiguous()

@@ -16,9 +16,9 @@ from torch import nn
 
 from .adapter_io import AdapterFile, read_adapter, write_adapter
 from .basis import Category, Decomposition, LayerBasis
-from .categories import is_supported, name_matches
+from .categories import decomposition_category_mode, is_supported, name_matches
 from .checkpointing import wrap_checkpoint_functions
-from .config import BASE, FrodConfig, check_adapter_name
+from .config import BASE, DEFAULT_CATEGORY_MODE, FrodConfig, check_adapter_name
 from .decompose import decompose
 from .layers import FrodLinear
 from .patterns import layer_pattern, pattern_size
@@ -73,7 +73,8 @@ class FrodModel(nn.Module):
             raise ValueError("model already has FRoD layers")
         if decomposition is None:
             decomposition = decompose(model, config.target_modules, config.alpha,
-                                      cache_dir=config.cache_dir, progress=config.progress)
+                                      cache_dir=config.cache_dir, progress=config.progress,
+                                      category_mode=config.category_mode or DEFAULT_CATEGORY_MODE)
         self.model = model
         self.state = FrodState()
         self.saved_modules = nn.ModuleDict()     # modules_to_save copies, see saved_modules.py
@@ -127,6 +128,12 @@ class FrodModel(nn.Module):
         return self._fingerprint
 
     @property
+    def category_mode(self) -> str:
+        """"per_role" or "shared_input": how the decomposition grouped the layers."""
+        return self._decomp_extra.get("category_mode") or \
+            decomposition_category_mode(self._categories)
+
+    @property
     def decomposition(self) -> Decomposition:
         """The decomposition, built over the live buffers (no copies)."""
         layers = self.frod_layers()
@@ -163,6 +170,9 @@ class FrodModel(nn.Module):
         if abs(config.alpha - self._alpha) > 1e-12 * self._alpha:
             raise ValueError(f"config.alpha={config.alpha} differs from the model's "
                              f"decomposition alpha={self._alpha}")
+        if config.category_mode is not None and config.category_mode != self.category_mode:
+            raise ValueError(f"config.category_mode={config.category_mode!r} differs from the "
+                             f"model's decomposition ({self.category_mode!r})")
         layers = self.frod_layers()
         decomposition = self.decomposition
         chosen = self._target_layers(config.target_modules)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
+from .fused import fuse_linears
+from .grouped import LinearGroup
 from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
 
 
@@ -31,11 +33,13 @@ class BertEncoder:
         self.layers = []
         for layer in bert.encoder.layer:
             at = layer.attention
-            self.layers.append({
-                "q": lin(at.self.query), "k": lin(at.self.key), "v": lin(at.self.value),
-                "ao": lin(at.output.dense), "ln1": at.output.LayerNorm,
-                "inter": lin(layer.intermediate.dense), "out": lin(layer.output.dense),
-                "ln2": layer.output.LayerNorm})
+            qkv = fuse_linears([at.self.query, at.self.key, at.self.value])   # views of one weight
+            L = {"q": lin(at.self.query), "k": lin(at.self.key), "v": lin(at.self.value),
+                 "ao": lin(at.output.dense), "ln1": at.output.LayerNorm,
+                 "inter": lin(layer.intermediate.dense), "out": lin(layer.output.dense),
+                 "ln2": layer.output.LayerNorm}
+            L["qkv"] = LinearGroup([L["q"], L["k"], L["v"]], qkv)
+            self.layers.append(L)
         pooler = getattr(bert, "pooler", None)
         self.pooler = lin(pooler.dense) if pooler is not None else None
         cls = getattr(hf, "classifier", None)
@@ -58,9 +62,8 @@ class BertEncoder:
         x = self.emb_ln(self.word(input_ids) + self.pos(positions) + self.tok_type(token_type_ids))
         H, D = self.num_heads, self.head_dim
         for i, L in enumerate(self.layers):
-            q = L["q"](x, ab).view(T, H, D)
-            k = L["k"](x, ab).view(T, H, D)
-            v = L["v"](x, ab).view(T, H, D)
+            q, k, v = L["qkv"](x, ab)          # LinearGroup: one fused GEMM for base rows
+            q, k, v = q.view(T, H, D), k.view(T, H, D), v.view(T, H, D)
             o = attention(q, k, v, i, attn, self.scale)
             x = L["ln1"](L["ao"](o, ab) + x)
             x = L["ln2"](L["out"](self.act(L["inter"](x, ab)), ab) + x)

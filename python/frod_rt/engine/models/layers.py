@@ -81,6 +81,8 @@ class AdaptedLinear:
         plan = ab.plan(st.target_slots, st.merged)
         if plan.num_r == 0 and not plan.hot_runs:
             return F.linear(x, self.weight, self.bias)
+        if plan.num_r == 0 and plan.num_w == 0 and len(plan.hot_runs) == 1:
+            return F.linear(x, st.merged[plan.hot_runs[0][2]], self.bias)   # one merged adapter
         groups = st.basis_groups(plan.slots)
         if len(groups) > 1:
             return self._multi_basis(x, ab, plan, groups)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
+from .fused import fuse_linears
+from .grouped import LinearGroup
 from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
 
 _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -38,9 +40,14 @@ class LlamaModel:
         self.layers = []
         for layer in core.layers:
             at, mlp = layer.self_attn, layer.mlp
+            # one weight tensor each for q,k,v and gate,up; the HF modules get views of it
+            qkv = fuse_linears([at.q_proj, at.k_proj, at.v_proj])
+            gate_up = fuse_linears([mlp.gate_proj, mlp.up_proj])
             d = {p: AdaptedLinear(names[id(getattr(at, p))], getattr(at, p)) for p in _PROJ}
             d.update({p: AdaptedLinear(names[id(getattr(mlp, p))], getattr(mlp, p)) for p in _MLP})
             d["ln1"], d["ln2"] = layer.input_layernorm, layer.post_attention_layernorm
+            d["qkv"] = LinearGroup([d["q_proj"], d["k_proj"], d["v_proj"]], qkv)
+            d["gate_up"] = LinearGroup([d["gate_proj"], d["up_proj"]], gate_up)
             self.layers.append(d)
 
     @property
@@ -49,7 +56,11 @@ class LlamaModel:
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnBatch,
                 ab: AdapterBatch | None, logit_rows: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab)."""
+        """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab).
+
+        q,k,v and gate,up run as groups (:class:`LinearGroup`): one fused GEMM for base rows,
+        one ``X V`` per distinct basis for adapted rows.
+        """
         T = input_ids.shape[0]
         x = self.embed(input_ids)
         cos, sin = self.rotary(x[None], positions[None])
@@ -57,15 +68,15 @@ class LlamaModel:
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         for i, L in enumerate(self.layers):
             h = L["ln1"](x)
-            q = L["q_proj"](h, ab).view(T, H, D)
-            k = L["k_proj"](h, ab).view(T, Hkv, D)
-            v = L["v_proj"](h, ab).view(T, Hkv, D)
+            q, k, v = L["qkv"](h, ab)
+            q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             o = attention(q, k, v, i, attn, self.scale)
             x = x + L["o_proj"](o, ab)
             h = L["ln2"](x)
-            g = self.act(L["gate_proj"](h, ab)) * L["up_proj"](h, ab)
+            g, u = L["gate_up"](h, ab)
+            g = self.act(g) * u
             x = x + L["down_proj"](g, ab)
         x = self.norm(x[logit_rows])
         logits = self.lm_head(x)

@@ -12,7 +12,8 @@ reads only these tables, never the manager.
   use; it shrinks again when that slot goes); the slot -> pattern plan table
   (:class:`frod_rt.ops.SlotPatterns`) that :func:`frod_rt.ops.rotate_slots` reads, so slots
   with different patterns (and k) share one rotation without padding; the slots whose adapter
-  targets the layer; merged ``W'`` of hot slots (``merge_hot``).
+  targets the layer; merged ``W'`` of hot slots (``merge_hot``, automatic merging), built
+  by ``merged_weight`` from the slot's own ``dl``, ``s`` (references kept per slot).
 * ``PatternStore``: the engine's patterns in use, as rotation plans on the device
   (:func:`frod_rt.ops.register_pattern`: planned once, keyed by content), reference-counted
   by the slots that use them and dropped when none does.
@@ -91,6 +92,7 @@ class SlotTables:
         self.patterns = SlotPatterns(self.n, A, l.device)
         self.store = store
         self._key_of_slot: list[tuple | None] = [None] * A
+        self._dl_s: list[tuple | None] = [None] * A     # the slot's own (dl, s), for merging
         self.target_slots: set[int] = set()
         self.merged: dict[int, torch.Tensor] = {}
 
@@ -133,12 +135,23 @@ class SlotTables:
         self.ldl[slot] = (l.double() + values.dl.to(dev, torch.float64)).to(dt)
         self.s[slot].zero_()
         self.s[slot, :k] = values.s.to(dev, dt)
+        self._dl_s[slot] = (values.dl, values.s)
         if values.merge:
-            self.merged[slot] = adapted_weight(U, l, V, values.dl.to(dev),
-                                               values.s.to(dev), plan.rows.to(dev),
-                                               plan.cols.to(dev), dtype=dt,
-                                               compute=torch.float64).contiguous()
+            self.merged[slot] = self.merged_weight(slot)
         self.target_slots.add(slot)
+
+    def merged_weight(self, slot: int, compute: torch.dtype = torch.float64) -> torch.Tensor:
+        """``W' = U (diag(l + dl) + S) V^T`` (out, n) of the adapter in ``slot``, in its basis
+        (:func:`frod_rt.method.delta.adapted_weight`, computed in ``compute``, returned in the
+        tables' dtype, contiguous). ``merge_hot`` and automatic merging both use it."""
+        if self._dl_s[slot] is None:
+            raise KeyError(f"slot {slot} is empty")
+        V, U, l = self.bases[self.slot_basis[slot]]
+        dl, s = self._dl_s[slot]
+        plan = self.patterns.plan(slot)
+        dev = self.l.device
+        return adapted_weight(U, l, V, dl.to(dev), s.to(dev), plan.rows.to(dev),
+                              plan.cols.to(dev), dtype=self.l.dtype, compute=compute).contiguous()
 
     def reset_slot(self, slot: int) -> None:
         """Empty ``slot`` (no-op when it is empty); the values table shrinks when the slot held
@@ -146,6 +159,7 @@ class SlotTables:
         self.target_slots.discard(slot)
         self.slot_basis[slot] = None
         self.merged.pop(slot, None)
+        self._dl_s[slot] = None
         if self._key_of_slot[slot] is None:
             return
         self.ldl[slot].zero_()
