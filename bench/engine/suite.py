@@ -23,7 +23,7 @@ SETTINGS = {
     # issue 13's model: ~50M parameters, 64 requests x (32 + 32), q,k,v,o,gate,up adapted; the
     # engine serving the base runs in every round so adapted/base is a per-round ratio
     "medium": dict(model="medium", requests=64, prompt_len=32, max_tokens=32, max_batch=64,
-                   sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=3,
+                   sparse_rate=0.01, adapters=[1, 8, 32], popularity=["uniform"], repeats=5,
                    max_adapters={"peft_frod": 0, "merged": 0, "peft_lora": 32},
                    peft_adapters=[32], targets=MEDIUM_TARGETS, base_every_round=True,
                    category_modes=["per_role", "shared_input"], auto_merge_at=[1]),
@@ -242,6 +242,12 @@ def _headline(results, st: dict) -> None:
             if theirs and "frod_engine_speedup" in theirs:
                 h[f"frod_engine_vs_{other}_{pop}_{mid}_adapters"] = round(
                     theirs["frod_engine_speedup"], 3)
+    for pop in st["popularity"]:             # the default category mode against PEFT LoRA
+        ours = results.find(pop, "frod_engine_shared", adapters=mid)
+        theirs = results.find(pop, "peft_lora", adapters=mid)
+        if ours and theirs and ours.get("repeats") and theirs.get("repeats"):
+            h[f"frod_engine_shared_vs_peft_lora_{pop}_{mid}_adapters"] = round(statistics.median(
+                a / b for a, b in zip(ours["repeats"], theirs["repeats"])), 3)
     if st.get("base_every_round"):
         for name in ("frod_engine", "frod_engine_shared", "frod_engine_auto"):
             for N in ns:

@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 namespace frod::bind {
 void bind_rotate(py::module_& m);
+void bind_attention(py::module_& m);
 #ifdef FROD_WITH_CUDA
 void bind_cuda(py::module_& m);
 #endif
@@ -25,6 +26,7 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   frod::bind::bind_rotate(m);
+  frod::bind::bind_attention(m);
   m.attr("cuda_build_mode") = FROD_CUDA_MODE;  // FROD_CUDA at configure time: AUTO, ON or OFF
 #ifdef FROD_WITH_CUDA
   m.attr("with_cuda") = true;

@@ -88,3 +88,10 @@ def segment_gemm(x: TensorView, weight: TensorView, bias: Optional[TensorView],
                  seg_indptr: TensorView, seg_slot: TensorView, y: TensorView,
                  error_flags: Optional[TensorView] = None, stream: int = 0) -> None:
     """y[seg g] = x[seg g] @ weight[slot[g]]^T + bias for segments with slot >= 0."""
+
+def paged_decode_attention(q: TensorView, k_cache: TensorView, v_cache: TensorView,
+                           block_tables: TensorView, ctx_lens: TensorView, out: TensorView,
+                           scale: float, num_threads: int) -> None:
+    """Decode attention of one query token per sequence straight from a paged KV cache:
+    q, out (B, Hq, D); k_cache, v_cache (NB, bs, Hkv, D); block_tables (B, MB) and
+    ctx_lens (B,) int64. CPU only (cpp/include/frod/paged_attention.h)."""

@@ -2,13 +2,13 @@
 #include <cstdlib>
 
 #include "frod/rotate.h"
+#include "cpu_features.h"
 #include "rotate_kernels.h"
 #include "rotate_plan.h"
 
 namespace frod {
-namespace {
 
-bool cpu_has_avx2_fma() {
+bool cpu::has_avx2_fma() {
 #if defined(__x86_64__) && defined(FROD_HAVE_AVX2_KERNELS)
   static const bool ok = [] {
     if (const char* env = std::getenv("FROD_CPU_ISA"); env && std::string(env) == "generic")
@@ -21,6 +21,8 @@ bool cpu_has_avx2_fma() {
   return false;
 #endif
 }
+
+namespace {
 
 /// One plan per calling thread, reused so steady-state calls do not allocate.
 cpu::RotatePlan& thread_plan(const RotateProblem& p, bool allow_mixed) {
@@ -58,7 +60,7 @@ void rotate_forward_cpu(const RotateProblem& p, const void* z, int64_t ldz, cons
   check_problem_pointers(p);
   FROD_CHECK_ARG(ldz >= p.n && ldh >= p.n, "row strides must be >= n");
   const cpu::RotatePlan& plan = thread_plan(p, /*allow_mixed=*/true);
-  if (cpu_has_avx2_fma())
+  if (cpu::has_avx2_fma())
     cpu::avx2::forward(p, plan, z, ldz, dl, s, h, ldh);
   else
     cpu::generic::forward(p, plan, z, ldz, dl, s, h, ldh);
@@ -73,7 +75,7 @@ void rotate_backward_cpu(const RotateProblem& p, const void* z, int64_t ldz, con
                  "row strides must be >= n");
   // The backward reduces d_dl / d_s per adapter over uniform tiles only.
   const cpu::RotatePlan& plan = thread_plan(p, /*allow_mixed=*/false);
-  if (cpu_has_avx2_fma())
+  if (cpu::has_avx2_fma())
     cpu::avx2::backward(p, plan, z, ldz, dh, lddh, dl, s, dz, lddz, d_dl, d_s);
   else
     cpu::generic::backward(p, plan, z, ldz, dh, lddh, dl, s, dz, lddz, d_dl, d_s);

@@ -10,6 +10,7 @@ from .cuda_common import check_rotate_indices_cuda
 from .cuda_grouped import grouped_gemm
 from .cuda_linear import cutlass_linear, fused_frod_linear, fused_weights, replace_frod_linear
 from .linear import frod_linear
+from .paged_attention import paged_decode_attention, paged_decode_attention_reference
 from .reference import frod_linear_reference, rotate_segments_reference, rotate_slots_reference
 from .rotate import rotate_segments, rotate_slots
 from .plans import (PatternPlan, PlanTable, SlotPatterns, plan_of, register_pattern,
@@ -30,6 +31,8 @@ __all__ = [
     "replace_frod_linear",
     "frod_linear",
     "frod_linear_reference",
+    "paged_decode_attention",
+    "paged_decode_attention_reference",
     "rotate_segments",
     "plan_of",
     "register_pattern",

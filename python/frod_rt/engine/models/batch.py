@@ -27,6 +27,7 @@ class AttnBatch:
     _masks: dict = field(default_factory=dict)
 
     _decode: tuple | None = None
+    _decode_mask: torch.Tensor | None = None
     _prompts: list | None = None
 
     def prompt_groups(self, device) -> list:
@@ -48,25 +49,31 @@ class AttnBatch:
                 self._prompts.append((idx, rows, L))
         return self._prompts
 
-    def decode_group(self, device):
+    def decode_group(self, device, min_size: int = 2):
         """Sequences feeding one token with earlier context in the cache, attended together:
-        (indices into the sequence lists, their rows (B,), padded block tables (B, nb),
-        key mask (B, 1, 1, nb * block_size)) or None when there are fewer than two."""
+        (indices into the sequence lists, their rows (B,), padded block tables (B, nb) int64,
+        context lengths (B,) int64) or None when there are fewer than ``min_size``."""
         if self._decode is None:
             idx = [i for i, (q, c) in enumerate(zip(self.q_lens, self.ctx_lens)) if q == 1 and c > 1]
-            if len(idx) < 2 or self.kv_cache is None:
+            if not idx or self.kv_cache is None:
                 self._decode = ()
             else:
                 nb = max(self.block_tables[i].shape[0] for i in idx)
                 bt = torch.zeros(len(idx), nb, dtype=torch.long, device=device)
                 for j, i in enumerate(idx):
                     bt[j, : self.block_tables[i].shape[0]] = self.block_tables[i]
-                L = nb * self.kv_cache.block_size
-                ctx = torch.tensor([self.ctx_lens[i] for i in idx], device=device)
-                mask = (torch.arange(L, device=device)[None, :] < ctx[:, None])[:, None, None, :]
+                ctx = torch.tensor([self.ctx_lens[i] for i in idx], dtype=torch.long, device=device)
                 rows = torch.tensor([self.starts[i] for i in idx], dtype=torch.long, device=device)
-                self._decode = (idx, rows, bt, mask)
-        return self._decode or None
+                self._decode = (idx, rows, bt, ctx)
+        return self._decode if len(self._decode) and len(self._decode[0]) >= min_size else None
+
+    def decode_mask(self, device) -> torch.Tensor:
+        """Key mask (B, 1, 1, nb * block_size) of the decode group's padded context."""
+        if self._decode_mask is None:
+            _, _, bt, ctx = self._decode
+            L = bt.shape[1] * self.kv_cache.block_size
+            self._decode_mask = (torch.arange(L, device=device)[None, :] < ctx[:, None])[:, None, None, :]
+        return self._decode_mask
 
     def causal_mask(self, q_len: int, ctx_len: int, device) -> torch.Tensor | None:
         """Bool mask (q_len, ctx_len), True = may attend; None when no masking is needed."""

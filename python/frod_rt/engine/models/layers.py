@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...ops import rotate_slots
+from ...ops import paged_decode_attention, rotate_slots
 from .batch import AdapterBatch, AttnBatch
 from .slots import PatternStore, SlotTables, SlotValues
 
@@ -204,8 +204,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, att
     are written to their slots first and every sequence attends to its gathered blocks;
     without one (encoders) each sequence attends to its own rows. Returns (T, Hq * D).
     Fresh prompts of one length are computed in one batched call, other prefill chunks one
-    sequence at a time; decode rows (one new token each) in
-    one padded, masked call.
+    sequence at a time; decode rows (one new token each) on CPU through the paged decode
+    kernel (:func:`frod_rt.ops.paged_decode_attention`), elsewhere in one padded, masked call.
     """
     T, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -216,17 +216,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, att
         vc.view(-1, Hkv, D).index_copy_(0, attn.slot_mapping, v)
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
     gqa = Hq != Hkv
-    group = attn.decode_group(q.device) if cache is not None else None
+    on_cpu = q.device.type == "cpu"
+    # CPU: every decode row through the paged kernel (even alone, so a row's arithmetic never
+    # depends on its batch); elsewhere groups of two or more through padded SDPA
+    group = attn.decode_group(q.device, 1 if on_cpu else 2) if cache is not None else None
     done = set()
-    if group is not None:
+    if group is not None and on_cpu:
+        # straight from the blocks: no gathered copy, no padding (frod_rt.ops.paged_attention)
+        idx, rows, bt, ctx = group
+        out[rows] = paged_decode_attention(q[rows], kc, vc, bt, ctx, scale)
+        done = set(idx)
+    elif group is not None:
         # decode rows together: their blocks gathered into a padded (B, L) context, padding
         # masked out (masked keys get weight exactly 0, so a row's result does not depend on
         # how far its batch mates' contexts reach)
-        idx, rows, bt, mask = group
+        idx, rows, bt, _ = group
         B, nb = bt.shape
         ks = kc[bt].reshape(B, nb * kc.shape[1], Hkv, D).transpose(1, 2)
         vs = vc[bt].reshape(B, nb * kc.shape[1], Hkv, D).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q[rows][:, :, None, :], ks, vs, attn_mask=mask,
+        o = F.scaled_dot_product_attention(q[rows][:, :, None, :], ks, vs,
+                                           attn_mask=attn.decode_mask(q.device),
                                            scale=scale, enable_gqa=gqa)
         out[rows] = o[:, :, 0, :]
         done = set(idx)
