@@ -197,3 +197,18 @@ def test_replot_renames_old_fields_and_redraws(tiny_runs, tmp_path):
     assert "frod_factored_vs_3gemm_floor" in new["headline"]
     assert new["plots"] and all((tmp_path / p).is_file() for p in new["plots"])
     shutil.rmtree(tmp_path)
+
+
+def test_decode_attention_bench_writes_its_json(tmp_path):
+    """``python -m bench.engine.decode_attention`` (in-process, one short context) records both
+    contenders and a kernel that agrees with gather + SDPA."""
+    from bench.engine import decode_attention
+    assert decode_attention.main(["--threads", "1", "--repeats", "1", "--contexts", "20",
+                                  "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("decode_attention-cpu-*.json")
+    doc = json.loads(path.read_text())
+    names = {m["contender"] for m in doc["measurements"]}
+    assert names == {"gather_sdpa", "paged_kernel"}
+    kernel = next(m for m in doc["measurements"] if m["contender"] == "paged_kernel")
+    assert kernel["max_abs_diff_vs_gather_sdpa"] < 1e-5
+    assert doc["headline"]["paged_kernel_speedup_ctx_20"] > 0
