@@ -88,6 +88,32 @@ def test_one_batch_over_three_bases(setup):
     eng.close()
 
 
+def test_converted_copies_are_deleted_with_their_adapter(setup):
+    """A PEFT adapter is converted into a copy under the engine's work directory; removing the
+    adapter (or a refused add) deletes that copy, never the user's directory, so hot-loading
+    adapters for a long time does not fill the disk."""
+    s = setup
+    eng = Engine.load(s["base"], cache_dir=s["root"] / "cache")
+    try:
+        copies = lambda: sorted(eng._work_dir.glob("adapter-*")) if eng._work_dir else []  # noqa: E731
+        for i in range(3):
+            eng.add_adapter("p", s["root"] / "peft")
+            assert len(copies()) == 1
+            first = eng.generate(PROMPTS[:1], adapter="p", max_tokens=3, ignore_eos=True)
+            with pytest.raises(ValueError, match="already loaded"):
+                eng.add_adapter("p", s["root"] / "peft")          # refused: its copy goes too
+            assert len(copies()) == 1
+            eng.remove_adapter("p")
+            assert copies() == []
+        assert (s["root"] / "peft" / "adapter_config.json").is_file()   # the user's files stay
+        eng.add_adapter("native", s["root"] / "native")        # a frod_rt adapter: no copy
+        eng.remove_adapter("native")
+        assert (s["root"] / "native").is_dir() and copies() == []
+        assert first[0].token_ids
+    finally:
+        eng.close()
+
+
 @pytest.mark.slow
 def test_frod_rt_serve_gives_peft_greedy_text(setup):
     """``frod-rt serve --adapter peft=<PEFT FRoD dir>``: the served greedy completion equals

@@ -231,6 +231,8 @@ class Engine:
         from .adapter_sources import prepare_adapter_dir
         if name == self.base_name:
             raise ValueError(f"adapter name {name!r} is the base model's name")
+        if name in self.pool:                 # before any conversion work
+            raise ValueError(f"adapter {name!r} is already loaded; remove it first")
         p = Path(path)
         if p.is_dir():
             if self._work_dir is None:
@@ -241,7 +243,18 @@ class Engine:
                                         cache_dir=self.limits["cache_dir"])
             except AdapterError as e:
                 raise type(e)(f"adapter {name!r} ({path}) refused: {e}") from e
-        self.pool.add(name, p)
+        try:
+            self.pool.add(name, p)
+        except BaseException:
+            self._drop_converted(p)
+            raise
+
+    def _drop_converted(self, path: Path | None) -> None:
+        """Delete ``path`` when it is a converted copy this engine wrote (PEFT import, prefix
+        mapping) under its work directory; the user's own directories are never touched."""
+        if path is not None and self._work_dir is not None and Path(path).parent == self._work_dir:
+            import shutil
+            shutil.rmtree(path, ignore_errors=True)
 
     def remove_adapter(self, name: str) -> None:
         """Unregister ``name`` (UnknownAdapterError, a KeyError, if unknown). Requests bind to
@@ -250,8 +263,13 @@ class Engine:
         (``finish_reason`` "abort"); a later ``add_adapter`` of the same name is a new
         instance that never serves earlier requests. Blends containing ``name`` end the
         same way."""
+        e = self.pool.entries.get(name)
         self.pool.remove(name)
         self.blends.drop_component(name)
+        # its requests that started hold the parsed file; the instance never re-reads its
+        # directory once removed, so a converted copy can go now (not at close(): an engine
+        # that hot-loads PEFT adapters for days would fill its disk)
+        self._drop_converted(e.path if e is not None else None)
 
     def adapters(self) -> list[str]:
         return self.pool.names()
