@@ -106,3 +106,24 @@ def test_trained_heads_are_not_blended(base):
     headed = dataclasses.replace(b, modules={"score": {"weight": torch.zeros(3, 24)}})
     with pytest.raises(BlendError, match="'hb'.*trained heads"):
         blend_adapters([(a, 0.5), (headed, 0.5)])
+
+
+def test_refusal_says_whether_the_base_or_only_the_basis_differs(base):
+    """Two bases of one base model (frod_rt's and PEFT's decomposition) are refused as such,
+    not as 'different base models'; another base model still says so."""
+    import copy
+    import dataclasses
+    a = _adapter(base, "ba", ["q_proj"], seed=13)
+    cats = copy.deepcopy(a.config.categories)
+    for c in cats.values():
+        c["fingerprint"] = "f" * 64                      # another decomposition's category
+    other_basis = dataclasses.replace(a, name="bb", config=dataclasses.replace(
+        a.config, categories=cats))
+    assert a.config.base_fingerprint and other_basis.config.base_fingerprint == \
+        a.config.base_fingerprint
+    with pytest.raises(BlendError, match="two different bases of the same base model"):
+        blend_adapters([(a, 0.5), (other_basis, 0.5)])
+    other_model = dataclasses.replace(other_basis, config=dataclasses.replace(
+        other_basis.config, base_fingerprint="e" * 64))
+    with pytest.raises(BlendError, match="different base models"):
+        blend_adapters([(a, 0.5), (other_model, 0.5)])

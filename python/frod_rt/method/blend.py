@@ -109,6 +109,15 @@ def blend_adapters(parts, name: str = "blend") -> AdapterFile:
             if (have["out"], have["in"]) != (c["out"], c["in"]) or \
                     (have["fingerprint"] and c.get("fingerprint")
                      and have["fingerprint"] != c["fingerprint"]):
+                other = next(g for g, _ in parts if g.name == owner[key]).config
+                same_base = (other.base_fingerprint and f.config.base_fingerprint
+                             and other.base_fingerprint == f.config.base_fingerprint)
+                if same_base:
+                    raise BlendError(
+                        f"cannot blend {owner[key]!r} and {f.name!r}: category {key!r} is "
+                        "expressed in two different bases of the same base model (e.g. "
+                        "frod_rt's and PEFT's decomposition); a blend adds dl and s values, "
+                        "which needs one basis: blend adapters of one basis")
                 raise BlendError(f"cannot blend {owner[key]!r} and {f.name!r}: category {key!r} "
                                  "comes from different base models")
             if have["k"] != c["k"]:
