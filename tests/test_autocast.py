@@ -71,7 +71,7 @@ def test_autocast_training_matches_float32(path, names, dtype):
         assert torch.isfinite(after).all() and not torch.equal(before, after)
 
 
-@pytest.mark.parametrize("path", ["dense", "factored"])
+@pytest.mark.parametrize("path", ["dense", "factored", "replace"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_inference(path, dtype):
     fm = _model(path)

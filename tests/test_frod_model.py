@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from frod_rt import FrodConfig, get_frod_model
 from frod_rt.method import FrodLinear
-from frod_rt.method.dense_path import dense_frod_linear, prefer_dense
+from frod_rt.method.dense_path import dense_frod_linear, training_path
 
 from frod_models import (BERT_TARGETS, GPT2_TARGETS, LLAMA_TARGETS, tiny_bert, tiny_gpt2,
                          tiny_llama)
@@ -60,7 +60,7 @@ def _layer_model(path, n_adapters=1, dtype=torch.float64):
     return fm
 
 
-@pytest.mark.parametrize("path", ["factored", "dense"])
+@pytest.mark.parametrize("path", ["factored", "dense", "replace"])
 def test_gradcheck_frod_layer(path):
     fm = _layer_model(path)
     layer = fm.model[2]
@@ -103,19 +103,22 @@ def test_dense_path_function_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: dense_frod_linear(*a, rows, cols), tuple(args))
 
 
-def test_dense_and_factored_paths_agree():
+@pytest.mark.parametrize("path", ["dense", "replace"])
+def test_training_paths_agree_with_factored(path):
+    """dense (W' materialised) and replace (y = (Z (l + dl) + S Z) U^T) give the factored
+    delta form's outputs and gradients in float64."""
     torch.manual_seed(0)
     outs = {}
-    for path in ("factored", "dense"):
-        fm = _layer_model(path)
+    for p in ("factored", path):
+        fm = _layer_model(p)
         x = torch.randn(40, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
                         requires_grad=True)
         y = fm(x)
         (y.sin().sum()).backward()
-        outs[path] = (y.detach(), x.grad, {n: p.grad.clone() for n, p in fm.named_parameters()
-                                           if p.grad is not None})
+        outs[p] = (y.detach(), x.grad, {n: q.grad.clone() for n, q in fm.named_parameters()
+                                        if q.grad is not None})
     yf, xf, gf = outs["factored"]
-    yd, xd, gd = outs["dense"]
+    yd, xd, gd = outs[path]
     torch.testing.assert_close(yd, yf, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(xd, xf, rtol=1e-12, atol=1e-12)
     assert set(gd) == set(gf) and len(gf) == 6
@@ -129,16 +132,25 @@ def test_auto_path_uses_cost_rule(monkeypatch):
     real = layers_mod.dense_frod_linear
     monkeypatch.setattr(layers_mod, "dense_frod_linear",
                         lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    replaced = []
+    real_rot = layers_mod.ops.rotate_segments
+    monkeypatch.setattr(layers_mod.ops, "rotate_segments",
+                        lambda *a: replaced.append(a[0].shape[0]) or real_rot(*a))
     fm = _layer_model("auto")
-    fm(torch.randn(3, 13, dtype=torch.float64))   # few rows: factored
-    assert calls == []
-    fm(torch.randn(30, 13, dtype=torch.float64))  # many rows, training: dense
+    fm(torch.randn(3, 13, dtype=torch.float64))   # few rows, training: replace
+    assert calls == [] and replaced and set(replaced) == {3}
+    replaced.clear()
+    fm(torch.randn(30, 13, dtype=torch.float64))  # many rows, training: dense (13 -> 11 layer)
     assert calls and calls[0] == 30
     calls.clear()
+    replaced.clear()                               # (the dense path rotates U's rows too)
     with torch.no_grad():                          # inference: always factored (batch invariant)
         fm(torch.randn(30, 13, dtype=torch.float64))
-    assert calls == []
-    assert prefer_dense(385, 384, 384) and not prefer_dense(100, 384, 384)
+    assert calls == [] and replaced == []
+    # square layers: dense only past 2n rows; never when out >= 2n; MiniLM's output layer
+    assert training_path(769, 384, 384) == "dense" and training_path(767, 384, 384) == "replace"
+    assert training_path(10**6, 1536, 384) == "replace"
+    assert training_path(512, 384, 1536) == "dense" and training_path(512, 1536, 384) == "replace"
 
 
 def _three_adapter_llama(dtype=torch.float32):

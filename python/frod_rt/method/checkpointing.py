@@ -7,7 +7,9 @@ so the recomputed layer would see no routing (or another call's): with ``use_ree
 the adapters silently get the gradients of a different computation, with ``False`` torch
 raises a ``CheckpointError``. :func:`wrap_checkpoint_functions` wraps every such function so
 that the routing state of the forward call (active adapter, disabled flag, per-row routing)
-is captured when the layer runs and restored around the recomputation.
+is captured when the layer runs and restored around the recomputation (with the sharing of
+``X V`` between the roles of one input, ``FrodState.xv``, so the recomputation saves the
+same tensors as the forward).
 """
 from __future__ import annotations
 
@@ -17,17 +19,19 @@ from torch import nn
 
 
 def _snapshot(state) -> tuple:
-    return state.active, state.disabled, state.routing
+    return state.active, state.disabled, state.routing, state.share_xv
 
 
 @contextlib.contextmanager
 def _restored(state, snap: tuple):
     prev = _snapshot(state)
-    state.active, state.disabled, state.routing = snap
+    state.active, state.disabled, state.routing, state.share_xv = snap
+    state.clear_xv()
     try:
         yield
     finally:
-        state.active, state.disabled, state.routing = prev
+        state.clear_xv()
+        state.active, state.disabled, state.routing, state.share_xv = prev
 
 
 class RoutedCheckpoint:

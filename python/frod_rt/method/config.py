@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-COMPUTE_PATHS = ("auto", "factored", "dense")
+COMPUTE_PATHS = ("auto", "factored", "dense", "replace")
 # category mode of a model built by get_frod_model when its FrodConfig gives none (docs/method.md
 # "Shared-input categories" has the measurement this choice rests on)
 DEFAULT_CATEGORY_MODE = "shared_input"
@@ -35,7 +35,8 @@ class FrodConfig:
         seed: 0 = the base's default patterns (shared by all adapters on this base); any other
             value is mixed into the pattern seed, giving this adapter its own patterns.
         alpha: ridge term of the base decomposition (all adapters of a model share one).
-        compute_path: "auto" (cost rule, see docs/method.md), "factored" or "dense".
+        compute_path: "auto" (cost rule, see docs/method.md), "factored", "dense" or
+            "replace".
         param_dtype: dtype of dl and s; None = the base layer's dtype.
         init_std: 0 initialises dl and s to zero (model unchanged); > 0 draws them from
             N(0, init_std^2) (useful for tests).

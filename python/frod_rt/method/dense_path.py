@@ -99,6 +99,23 @@ def dense_frod_linear(x: Tensor, W: Tensor, b: Tensor | None, U: Tensor, V: Tens
     return DenseFrodLinear.apply(x, W, b, U, V, dl, s, rows, cols)
 
 
+def training_path(T: int, out_features: int, in_features: int) -> str:
+    """Cheaper exact path for one adapter over all T rows while training: "replace" or
+    "dense", counting forward + backward multiply-adds of an ``out x n`` layer:
+
+    replace:  fwd ``T n n`` (Z = XV) + ``T n out`` (H U^T, H = Z (l + dl) + S Z); bwd
+              ``T n out`` (dH = dY U) + ``T n n`` (dX = dZ V^T): ``2 T n (n + out)``;
+    dense:    ``2 out n^2 + 3 T n out`` (see :func:`prefer_dense`).
+
+    (The factored delta form, ``5 T n out + 2 T n^2``, is never cheaper than replace; it
+    stays for mixed batches with base rows.) Dense wins when ``2 out n^2 + 3 T n out <
+    2 T n (n + out)``, i.e. ``2 out n < T (2 n - out)``: for a square layer ``T > 2n``; never
+    when ``out >= 2n``; MiniLM's 1536 -> 384 output layer at ``T > 256``.
+    """
+    n, o = in_features, out_features
+    return "dense" if 2 * o * n < T * (2 * n - o) else "replace"
+
+
 def prefer_dense(T: int, out_features: int, in_features: int) -> bool:
     """Cost rule for one adapter over T rows, counting forward + backward multiply-adds.
 

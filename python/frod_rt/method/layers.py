@@ -22,7 +22,7 @@ from torch import nn
 from .. import ops
 from .categories import is_conv1d
 from .delta import delta_weight
-from .dense_path import dense_frod_linear, prefer_dense
+from .dense_path import dense_frod_linear, training_path
 from .state import FrodState
 
 
@@ -200,14 +200,15 @@ class FrodLinear(nn.Module):
                          for a, p in zip(used, plans)])
         return dl, s, None, None, ops.table_of_plans(plans, n, plans[0].device)
 
-    def _use_dense(self, T: int, name: str) -> bool:
-        if self.compute_path == "dense":
-            return True
-        if self.compute_path == "factored":
-            return False
+    def _path(self, T: int, name: str) -> str:
+        """Compute path for one adapter ``name`` over all T rows: "factored" (the delta form,
+        what inference uses: a row's arithmetic never depends on T), or while training the
+        cheaper of "replace" / "dense" (:func:`training_path`); ``compute_path`` forces one."""
+        if self.compute_path != "auto":
+            return self.compute_path
         training = torch.is_grad_enabled() and (self.frod_dl[name].requires_grad
                                                 or self.frod_s[name].requires_grad)
-        return training and prefer_dense(T, self.out_features, self.in_features)
+        return training_path(T, self.out_features, self.in_features) if training else "factored"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, used = self._forward(x)
@@ -247,7 +248,8 @@ class FrodLinear(nn.Module):
         n = self.in_features
         x2 = x.reshape(-1, n)
         T = x2.shape[0]
-        if segments is None and self._use_dense(T, used[0]):
+        path = self._path(T, used[0]) if segments is None else "factored"
+        if path == "dense":
             a = used[0]
             rows, cols = self.pattern(a)
             y = dense_frod_linear(x2, W, b, U, V, self.frod_dl[a].to(dt), self.frod_s[a].to(dt),
@@ -258,6 +260,16 @@ class FrodLinear(nn.Module):
             seg_adapter = torch.zeros(1, dtype=torch.int32, device=x.device)
         else:
             seg_indptr, seg_adapter = segments
+        if path == "replace":
+            # W' = U (diag(l + dl) + S) V^T as two GEMMs: y = (Z (l + dl) + S Z) U^T + b,
+            # Z = x V (W = U diag(l) V^T: the base is computed through its factors)
+            a = used[0]
+            rows, cols = self.pattern(a)
+            lam = (self.frod_l.to(dt) + self.frod_dl[a].to(dt))[None]
+            z = self._state.xv(x, x2, self.V, dt)      # shared by q, k, v of one input
+            h = ops.rotate_segments(z, seg_indptr, seg_adapter, lam,
+                                    self.frod_s[a].to(dt)[None], rows, cols)
+            return F.linear(h, U, b).reshape(*x.shape[:-1], self.out_features)
         dl, s, rows, cols, table = self._stack(used, dt)
         return ops.frod_linear(x, W, b, V, U, seg_indptr, seg_adapter, dl, s, rows, cols,
                                table=table)

@@ -264,10 +264,16 @@ class FrodModel(nn.Module):
     def _forward(self, *args, adapter_names=None, **kwargs):
         """``self.model(*args, **kwargs)``; ``adapter_names`` routes batch rows to adapters."""
         wrap_checkpoint_functions(self.model, self.state)
-        if adapter_names is None:
-            return self.model(*args, **kwargs)
-        with self.adapter_routing(adapter_names):
-            return self.model(*args, **kwargs)
+        st = self.state
+        prev, st.share_xv = st.share_xv, True     # q, k, v share one X V within this call
+        try:
+            if adapter_names is None:
+                return self.model(*args, **kwargs)
+            with self.adapter_routing(adapter_names):
+                return self.model(*args, **kwargs)
+        finally:
+            st.share_xv = prev
+            st.clear_xv()
 
     # ---- merge ----------------------------------------------------------------------------
     def merge_adapter(self, name: str) -> None:

@@ -6,6 +6,8 @@ reference and look tensors up by name at forward time.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -74,6 +76,8 @@ class FrodState(nn.Module):
         self.active: str | None = None
         self.disabled = False
         self.routing: Routing | None = None
+        self._xv: tuple | None = None       # see xv()
+        self.share_xv = False               # set by FrodModel for the duration of a call
 
     def add_category(self, key: str, V: torch.Tensor) -> None:
         name = f"V_{len(self._v_names)}"
@@ -97,3 +101,32 @@ class FrodState(nn.Module):
 
     def pattern(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, name + "_rows"), getattr(self, name + "_cols")
+
+    def xv(self, x: torch.Tensor, x2: torch.Tensor, V: torch.Tensor,
+           dtype: torch.dtype) -> torch.Tensor:
+        """``Z = x2 @ V.to(dtype)`` (x2: x as (T, n)), computed once for layers that read the
+        same input ``x`` through the same basis ``V``: the roles of a shared-input category
+        (q, k, v; gate, up) called one after the other on one tensor. Inside a
+        ``FrodModel`` call (``share_xv``, also restored for checkpoint recomputation) with
+        gradients enabled, the last result is kept and reused when the next call passes the
+        same ``x`` object, unmodified (``_version``), the same ``V`` and dtype; autograd then
+        sums the roles' gradients into one ``Z``, so the backward also runs one ``dZ V^T``.
+        The memo is dropped when the call ends."""
+        if not (self.share_xv and torch.is_grad_enabled()):
+            return x2 @ V.to(dtype)
+        m = self._xv
+        if m is not None and m[0]() is x and m[1] == x._version and m[2] is V and m[3] == dtype:
+            return m[4]
+        z = x2 @ V.to(dtype)
+        self._xv = (weakref.ref(x), x._version, V, dtype, z)
+        return z
+
+    def clear_xv(self) -> None:
+        """Drop the kept ``X V`` (end of a forward call)."""
+        self._xv = None
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_xv"] = None                # a weakref does not pickle; the memo is per call
+        return state
