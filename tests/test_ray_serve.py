@@ -386,3 +386,61 @@ def test_router_enforces_the_servers_security_rules(cluster, single, toy):
     assert r.status_code == 404
     assert http.post(cluster + "/v1/completions",
                      json={**comp, "model": "vl"}).status_code == 404
+
+
+def _sample(url, line_start: str) -> float:
+    for line in http.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_router_counts_what_it_answers_itself(cluster, toy):
+    """Refusals and catalog changes made by the router (not by a replica) show in the
+    aggregated /metrics: 401s from its Guard, 404 for an unknown model, adapter loads and
+    unloads."""
+    e401, e404 = 'frod_rt_http_errors_total{status="401"}', 'frod_rt_http_errors_total{status="404"}'
+    loads, unloads = "frod_rt_adapter_loads_total", "frod_rt_adapter_unloads_total"
+    before = {k: _sample(cluster, k) for k in (e401, e404, loads, unloads)}
+    for _ in range(3):
+        assert httpx.get(cluster + "/v1/models", timeout=30).status_code == 401
+    r = http.post(cluster + "/v1/completions", json={"model": "nope", "prompt": "a"})
+    assert r.status_code == 404
+    assert http.post(cluster + "/v1/adapters", json={"name": "cnt", "path": str(toy["spare"])},
+                     timeout=60).status_code == 201
+    assert http.delete(cluster + "/v1/adapters/cnt").status_code == 200
+    after = {k: _sample(cluster, k) for k in before}
+    assert after[e401] - before[e401] == 3
+    assert after[e404] - before[e404] == 1
+    assert after[loads] - before[loads] == 1 and after[unloads] - before[unloads] == 1
+
+
+def test_run_time_adapters_survive_a_router_restart(cluster, single, toy):
+    """The adapter catalog lives outside the router: after the router's process is killed
+    and Ray Serve restarts it, an adapter loaded at run time is still listed and served, and
+    a name deleted before the restart stays deleted."""
+    p, n = _prompt(13), 5
+    assert http.post(cluster + "/v1/adapters", json={"name": "late", "path": str(toy["spare"])},
+                     timeout=60).status_code == 201
+    assert http.post(cluster + "/v1/adapters", json={"name": "gone", "path": str(toy["spare"])},
+                     timeout=60).status_code == 201
+    assert http.delete(cluster + "/v1/adapters/gone").status_code == 200
+    http.post(single.url + "/v1/adapters", json={"name": "late", "path": str(toy["spare"])})
+    ref = asyncio.run(_complete_all(single.url, [("late", p, n)]))[0]
+    router = httpx.get(cluster + "/health", timeout=30).json()["router"]
+    os.kill(router["pid"], signal.SIGKILL)
+    deadline, models = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        try:
+            h = httpx.get(cluster + "/health", timeout=10).json()
+            if h.get("router", {}).get("pid") not in (None, router["pid"]):
+                models = [d["id"] for d in http.get(cluster + "/v1/models").json()["data"]]
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    assert models is not None, "the router did not come back"
+    assert "late" in models and "gone" not in models and "ad0" in models
+    got = asyncio.run(_complete_all(cluster, [("late", p, n)]))[0]
+    assert got[0] == 200 and got[1]["choices"][0]["text"] == ref[1]["choices"][0]["text"]
+    assert http.delete(cluster + "/v1/adapters/late").status_code == 200

@@ -92,7 +92,7 @@ def run(args, config) -> int:
     import ray
     from ray import serve
 
-    from ..server.ray_app import build_app, run_app
+    from ..server.ray_app import build_app, run_app, shutdown_app
     app = build_app(base, {n: str(p) for n, p in adapters.items()}, args.replicas,
                     served_name=args.served_name, default_max_tokens=args.default_max_tokens,
                     engine_options=opts, threads_per_replica=threads,
@@ -115,6 +115,7 @@ def run(args, config) -> int:
         print("frod-rt serve: stopped", flush=True)
     finally:
         try:
+            shutdown_app()           # the app and its detached adapter catalog
             serve.shutdown()
         finally:
             ray.shutdown()

@@ -42,11 +42,12 @@ def parse_samples(text: str) -> tuple[list[str], dict[str, float]]:
     return comments, samples
 
 
-def merge_metrics(pages: dict[str, str]) -> str:
+def merge_metrics(pages: dict[str, str], extra: tuple[str, ...] = ()) -> str:
     """One Prometheus page from ``{replica id: its /metrics text}``: samples of equal name
-    and labels summed, plus the replica gauges."""
+    and labels summed, plus the replica gauges. ``extra`` pages (the router's own counters)
+    are summed in too but are not replicas."""
     fams: dict[str, tuple[str, str, dict[str, float]]] = {}   # name -> (type, help, samples)
-    for text in pages.values():
+    for text in (*pages.values(), *extra):
         for fam in text_string_to_metric_families(text):
             _, _, smp = fams.setdefault(fam.name, (fam.type, fam.documentation, {}))
             for s in fam.samples:

@@ -20,6 +20,11 @@
 * A replica that dies is restarted by Ray Serve (its health check is the engine loop). The
   requests it was answering end with 503 ``replica_unavailable`` (``Retry-After: 1``; in a
   stream: an error event, then ``[DONE]``); the other replicas keep serving.
+* The adapter catalog (name -> path, generation) lives in a detached actor of its own
+  (``AdapterCatalog``), not in the router: adapters loaded at run time survive a router that
+  Ray Serve restarts, and generations keep increasing across restarts (a name reloaded with
+  another file never reuses a generation a replica still holds). ``shutdown_app`` (called
+  by ``frod-rt serve`` on exit) removes it; a local Ray's shutdown does too.
 * ``/health`` and ``/metrics`` aggregate the replicas: each replica posts its own
   ``/health`` body and ``/metrics`` text to a small board actor every ``report_period_s``;
   the router sums them (``aggregate``) over the replicas that reported recently.
@@ -35,6 +40,7 @@ import dataclasses
 import json
 import os
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -89,6 +95,86 @@ class ReplicaBoard:
 def _board(name: str):
     return ReplicaBoard.options(name=name, namespace=APP_NAME, get_if_exists=True,
                                 lifetime=None).remote()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class AdapterCatalog:
+    """The adapters of one deployment: name -> (resolved path, generation). Generations only
+    increase (from the clock, so an actor restarted by Ray never hands out one it gave
+    before). ``claim(token, initial)`` starts the catalog of a new deployment (``token`` from
+    ``build_app``) and leaves that of a running one (a restarted router) as it is."""
+
+    def __init__(self):
+        self.token = None
+        self.entries: dict[str, tuple[str, int]] = {}
+        self.gen = time.time_ns() // 1000
+
+    def claim(self, token: str, initial: dict) -> dict:
+        if token != self.token:
+            self.token = token
+            self.entries = {n: (p, 0) for n, p in initial.items()}
+        return dict(self.entries)
+
+    def add(self, name: str, path: str) -> int | None:
+        """The new generation, or None when ``name`` is taken."""
+        if name in self.entries:
+            return None
+        self.gen += 1
+        self.entries[name] = (path, self.gen)
+        return self.gen
+
+    def remove(self, name: str) -> bool:
+        return self.entries.pop(name, None) is not None
+
+
+_ROUTER_METRICS = None
+
+
+def router_metrics():
+    """This process's router counters (created on first use, in the router's own process:
+    prometheus_client objects do not travel with the pickled router class). The names, help
+    and labels are the replicas' (server/metrics.py), so ``merge_metrics`` adds them up:
+    ``frod_rt_http_errors_total{status}`` for what the router refuses or answers itself
+    (Guard's 400/401/403/413, unknown models, 503 for a replica gone, adapter route errors),
+    ``frod_rt_adapter_loads_total`` / ``frod_rt_adapter_unloads_total`` for the catalog."""
+    global _ROUTER_METRICS
+    if _ROUTER_METRICS is None:
+        from prometheus_client import CollectorRegistry, Counter
+        r = CollectorRegistry(auto_describe=True)
+        _ROUTER_METRICS = {
+            "registry": r,
+            "http_errors": Counter("frod_rt_http_errors", "Error responses by HTTP status.",
+                                   ["status"], registry=r),
+            "loads": Counter("frod_rt_adapter_loads", "Adapters loaded through the API.",
+                             registry=r),
+            "unloads": Counter("frod_rt_adapter_unloads", "Adapters unloaded through the API.",
+                               registry=r)}
+    return _ROUTER_METRICS
+
+
+def count_router_error(status: int) -> None:
+    """Guard's ``on_error`` in the router (a module function: pickled by reference)."""
+    router_metrics()["http_errors"].labels(status=str(int(status))).inc()
+
+
+def _catalog(name: str):
+    """The deployment's catalog actor (detached: it outlives a router that Ray Serve
+    restarts; ``shutdown_app`` removes it)."""
+    return AdapterCatalog.options(name=name, namespace=APP_NAME, get_if_exists=True,
+                                  lifetime="detached").remote()
+
+
+def shutdown_app(app_name: str = APP_NAME) -> None:
+    """Delete the Serve application ``app_name`` and its adapter catalog actor (detached: it
+    would otherwise outlive the application on a Ray cluster that keeps running)."""
+    try:
+        serve.delete(app_name)
+    except Exception:                       # noqa: BLE001 - not running / Serve down
+        pass
+    try:
+        ray.kill(ray.get_actor(f"catalog:{app_name}", namespace=APP_NAME))
+    except Exception:                       # noqa: BLE001 - never created / already gone
+        pass
 
 
 class _Resident:
@@ -270,7 +356,7 @@ def _router_class(config: ServerConfig):
     fapp = FastAPI(title="frod_rt (Ray Serve)", version="0.1.0",
                    docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                    openapi_url="/openapi.json" if docs else None)
-    fapp.add_middleware(Guard, config=config)
+    fapp.add_middleware(Guard, config=config, on_error=count_router_error)
 
     @serve.ingress(fapp)
     class FrodRouter:
@@ -280,9 +366,11 @@ def _router_class(config: ServerConfig):
             self.engine = engine
             self.config = spec["config"]
             self.base_name = spec["base_name"]
-            self.catalog: dict[str, tuple[str, int]] = {
-                n: (p, 0) for n, p in spec["adapters"].items()}   # name -> (path, generation)
-            self.gen = 0
+            # name -> (path, generation): a copy of the catalog actor's, which outlives this
+            # router (run-time loads survive a restart of the router by Ray Serve)
+            self.catalog_actor = _catalog(spec["catalog"])
+            self.catalog: dict[str, tuple[str, int]] = ray.get(
+                self.catalog_actor.claim.remote(spec["catalog_token"], spec["adapters"]))
             self.replicas = int(spec["replicas"])
             self.stale_s = 4 * float(spec["report_period_s"]) + 1.0
             self.board = _board(spec["board"])
@@ -294,6 +382,7 @@ def _router_class(config: ServerConfig):
             return {REPLICA_HEADER: self.me}
 
         def _error(self, e: APIError) -> JSONResponse:
+            count_router_error(e.status)
             r = e.response()
             r.headers[REPLICA_HEADER] = self.me
             return r
@@ -340,15 +429,20 @@ def _router_class(config: ServerConfig):
                     raise replica_unavailable(e) from None
                 if bad:
                     raise APIError(*bad)
-                self.gen += 1
-                self.catalog[name] = (str(real), self.gen)
+                gen = await self.catalog_actor.add.remote(name, str(real))
+                if gen is None:                  # taken by another router meanwhile
+                    raise already_loaded(name, vllm)
+                self.catalog[name] = (str(real), gen)
+                router_metrics()["loads"].inc()
 
         async def _unload(self, name: str, vllm: bool) -> None:
             loading_root(self.config)
             async with self.lock:
                 if name not in self.catalog:
                     raise not_loaded(name, vllm)
+                await self.catalog_actor.remove.remote(name)
                 del self.catalog[name]
+                router_metrics()["unloads"].inc()
 
         @fapp.post("/v1/adapters")
         async def load_adapter(self, request: Request):
@@ -399,12 +493,15 @@ def _router_class(config: ServerConfig):
             code, body = merge_health(self.base_name, {r: v["health"] for r, v in
                                                        reps.items()}, self.replicas)
             body["adapters"] = len(self.catalog)
+            body["router"] = {"replica": self.me, "pid": os.getpid()}
             return JSONResponse(body, status_code=code, headers=self._headers())
 
         @fapp.get("/metrics")
         async def metrics(self):
             reps = await self._reports()
-            text = merge_metrics({r: v["metrics"] for r, v in reps.items()})
+            from prometheus_client import generate_latest
+            own = generate_latest(router_metrics()["registry"]).decode()
+            text = merge_metrics({r: v["metrics"] for r, v in reps.items()}, extra=(own,))
             return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
                                      headers=self._headers())
 
@@ -512,6 +609,7 @@ def build_app(base, adapters: dict | None = None, replicas: int = 2, *,
             "default_max_tokens": int(default_max_tokens),
             "engine_options": dict(engine_options or {}), "threads": threads_per_replica,
             "board": f"board:{app_name}", "report_period_s": report_period_s,
+            "catalog": f"catalog:{app_name}", "catalog_token": uuid.uuid4().hex,
             "adapters": adapters, "replicas": replicas,
             "config": config if config is not None else ServerConfig()}
     engine_dep = serve.deployment(
@@ -550,7 +648,8 @@ def run_app(app, host: str = "127.0.0.1", port: int = 8000, *, ray_address: str 
     ``host:port``, deploy ``app`` under ``app_name`` and wait until every replica is up.
     A local Ray gets ``num_cpus`` CPUs (default: all), no dashboard, and workers that import
     the same ``frod_rt`` as this process (``worker_env``). Returns the router's
-    ``DeploymentHandle``. ``serve.shutdown()`` and ``ray.shutdown()`` undo it.
+    ``DeploymentHandle``. ``shutdown_app()``, ``serve.shutdown()`` and ``ray.shutdown()``
+    undo it.
     ``after_init()`` is called once Ray is up, before deploying (``frod-rt serve`` installs
     its SIGINT/SIGTERM handlers there: ``ray.init`` replaces them with one that aborts)."""
     if not ray.is_initialized():
