@@ -87,15 +87,37 @@ def test_auto_merger_rules():
         AutoMerger([], share=1.5)
 
 
-def test_engine_refuses_mixed_category_modes(tmp_path):
+@pytest.mark.parametrize("first", ["p", "s"])
+def test_engine_serves_both_category_modes(first, tmp_path, gen):
+    """A per-role adapter (e.g. a PEFT import) and shared-input adapters (frod_rt's default)
+    in one engine, whichever comes first: the other mode is one more basis; one mixed batch
+    equals Hugging Face generate on each merged model; a blend of two adapters of the
+    engine's second mode is served in their basis."""
     model = _model()
-    random_adapter(model, tmp_path / "p", LLAMA_T, seed=1, cache_dir=tmp_path)
-    random_adapter(model, tmp_path / "s", LLAMA_T, seed=2, cache_dir=tmp_path,
-                   category_mode="shared_input")
-    eng = Engine.load(model, adapters={"p": tmp_path / "p"}, cache_dir=tmp_path)
-    with pytest.raises(AdapterError, match="category mode|shared_input"):
-        eng.add_adapter("s", tmp_path / "s")
-    assert eng.adapters() == ["p"]
+    files = {"p": random_adapter(model, tmp_path / "p", LLAMA_T, seed=1, cache_dir=tmp_path),
+             "s": random_adapter(model, tmp_path / "s", LLAMA_T, seed=2, cache_dir=tmp_path,
+                                 category_mode="shared_input"),
+             "s2": random_adapter(model, tmp_path / "s2", ["q_proj", "v_proj"], seed=3,
+                                  cache_dir=tmp_path, category_mode="shared_input"),
+             "p2": random_adapter(model, tmp_path / "p2", LLAMA_T, seed=4, cache_dir=tmp_path)}
+    order = [first] + [n for n in files if n != first]
+    eng = Engine.load(model, adapters={n: tmp_path / n for n in order}, cache_dir=tmp_path,
+                      block_size=4, max_batch_tokens=40, max_num_seqs=8)
+    q = eng.pool.layers["model.layers.0.self_attn.q_proj"]
+    prompts = random_prompts(8, 97, gen)
+    names = [None, "p", "s", "s2", "p2", "s", "p", None]
+    res = eng.generate(prompts, adapters=names, max_tokens=5, ignore_eos=True)
+    assert len(q.slots.bases) == 2        # the per-role and the shared-input basis of q
+    merged = {n: _merged_hf(model, f, tmp_path) for n, f in files.items()}
+    for p, n, r in zip(prompts, names, res):
+        assert r.token_ids == hf_greedy(merged[n] if n else model, p, 5), (n, p)
+    from frod_rt.method.blend import blend_adapters
+    a, b = ("s", "s2") if first == "p" else ("p", "p2")       # the engine's second mode
+    got = eng.generate(prompts[:2], adapter={a: 0.5, b: 0.5}, max_tokens=4, ignore_eos=True)
+    blended = _merged_hf(model, blend_adapters([(files[a], 0.5), (files[b], 0.5)]), tmp_path)
+    for p, r in zip(prompts[:2], got):
+        assert r.token_ids == hf_greedy(blended, p, 4)
+    eng.close()
 
 
 def test_shared_input_mixed_batch_matches_merged_hf(tmp_path, gen):

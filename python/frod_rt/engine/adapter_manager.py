@@ -16,7 +16,10 @@
   base model — the decomposition saved next to it (``<adapter>/decomposition/``, written by
   ``frod-rt import`` / PEFT imports on load; checked to reconstruct the base's weights), or
   PEFT's basis (``decompose(..., basis="peft")``). Each layer holds every basis in use
-  (``AdaptedLinear.add_basis``) and computes one group per basis in a step.
+  (``AdaptedLinear.add_basis``) and computes one group per basis in a step. The native
+  decomposition has the category mode of the first adapter; an adapter of the other mode
+  (per-role next to shared-input, e.g. a PEFT import next to new frod_rt adapters) is served
+  on its own decomposition of the same base in its mode, as one more basis.
 * ``remove`` unregisters the name at once. Requests that have not started yet end with
   "adapter ... was removed" when the scheduler next looks at them; requests that have started
   (running, or preempted and waiting to be recomputed) keep computing with their instance:
@@ -118,6 +121,7 @@ class AdapterManager:
         self.loads_total = 0             # host -> device copies
         self.disk_reads_total = 0
         self.heads: dict = {}      # name -> models.layers.AdapterHead (set by the engine)
+        self._other_modes: dict = {}   # (category mode, layers, alpha) -> decomposition
 
     # ---- registry --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -162,12 +166,8 @@ class AdapterManager:
         from ..method.decompose import decompose
         d = self.decomposition
         mode = decomposition_category_mode(file.config.categories)
-        if d is not None:
-            have = decomposition_category_mode(d.categories)
-            if have != mode:
-                raise AdapterError(f"its categories are {mode!r} but this engine serves "
-                                   f"{have!r} adapters (one category mode per engine: a layer "
-                                   "has one basis)")
+        if d is not None and decomposition_category_mode(d.categories) != mode:
+            return self._other_mode(file, mode)
         if d is not None and (all(n in d.layers for n in file.layers)
                               or not math.isclose(d.alpha, file.config.alpha, rel_tol=1e-12)):
             return d                      # covered, or check_against reports the alpha clash
@@ -176,6 +176,23 @@ class AdapterManager:
             names.update(c["layers"])
         return decompose(self.model, sorted(names), alpha=file.config.alpha,
                          cache_dir=self.cache_dir, progress=self.progress, category_mode=mode)
+
+    def _other_mode(self, file, mode: str):
+        """The decomposition of ``file``'s layers in the category mode ``mode``, which is not
+        the engine's (per-role next to shared-input or the reverse): served as a basis of its
+        own beside the native one, never adopted as native. One per (mode, layers, alpha),
+        kept for the engine's life (decompositions are cached on disk per category too)."""
+        from ..method.decompose import decompose
+        names: set[str] = set()
+        for c in file.config.categories.values():
+            names.update(c["layers"])
+        key = (mode, tuple(sorted(names)), float(file.config.alpha))
+        d = self._other_modes.get(key)
+        if d is None:
+            d = self._other_modes[key] = decompose(
+                self.model, sorted(names), alpha=file.config.alpha, cache_dir=self.cache_dir,
+                progress=self.progress, category_mode=mode)
+        return d
 
     def _basis_for(self, file, path: Path):
         """The decomposition ``file`` fits: frod_rt's own (``_decomposition_for``), else the one
@@ -256,7 +273,8 @@ class AdapterManager:
         with self.lock:
             if name in self.entries:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
-            if d is not self.decomposition and d.basis == NATIVE_BASIS:
+            if d is not self.decomposition and d.basis == NATIVE_BASIS and \
+                    not any(d is o for o in self._other_modes.values()):
                 self._adopt(d)
             e = AdapterInstance(name, p, f, patterns)
             e.decomposition = d
@@ -294,13 +312,29 @@ class AdapterManager:
 
     def virtual(self, name: str, file) -> AdapterInstance:
         """An instance of the in-memory ``file`` under no registered name (module docstring):
-        checked against the base decomposition; its patterns resolved as for a file read."""
-        from ..method.adapter_io import check_against
-        d = self.decomposition
-        check_against(file, d)
+        checked against the native decomposition, else against the bases of the adapters
+        loaded (a blend of adapters served on another basis or category mode lives in
+        theirs); its patterns resolved as for a file read."""
+        from ..method.adapter_io import AdapterError, check_against
+        with self.lock:
+            cands = [self.decomposition]
+            for e in self.entries.values():
+                if e.decomposition is not None and not any(e.decomposition is c for c in cands):
+                    cands.append(e.decomposition)
+        first = None
+        for d in cands:
+            try:
+                check_against(file, d)
+                break
+            except AdapterError as err:
+                first = first or err
+        else:
+            raise first
         patterns = {n: delta_pattern(delta, d, d.layers[n].category, file.config.seed)
                     for n, delta in file.layers.items()}
-        return AdapterInstance(name, None, file, patterns)
+        inst = AdapterInstance(name, None, file, patterns)
+        inst.decomposition = d
+        return inst
 
     def _drop_if_unused(self, e: AdapterInstance) -> None:
         """Free a removed instance's slot and file once no request uses it."""
