@@ -106,6 +106,20 @@ def test_converted_copies_are_deleted_with_their_adapter(setup):
             eng.remove_adapter("p")
             assert copies() == []
         assert (s["root"] / "peft" / "adapter_config.json").is_file()   # the user's files stay
+        # refused after conversion: the message names the user's directory, never the
+        # engine's converted copy (a path under the server's temp directory)
+        from frod_rt.method.adapter_io import AdapterError
+        real_add = eng.pool.add
+
+        def refusing_add(name, path):
+            raise AdapterError(f"adapter {name!r} ({path}) refused: its layers are odd ({path})")
+        eng.pool.add = refusing_add
+        with pytest.raises(AdapterError) as ei:
+            eng.add_adapter("h", s["root"] / "peft")
+        eng.pool.add = real_add
+        assert str(s["root"] / "peft") in str(ei.value)
+        assert "frod_rt-adapters-" not in str(ei.value)
+        assert copies() == []
         eng.add_adapter("native", s["root"] / "native")        # a frod_rt adapter: no copy
         eng.remove_adapter("native")
         assert (s["root"] / "native").is_dir() and copies() == []

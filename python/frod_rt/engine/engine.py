@@ -245,6 +245,12 @@ class Engine:
                 raise type(e)(f"adapter {name!r} ({path}) refused: {e}") from e
         try:
             self.pool.add(name, p)
+        except AdapterError as e:
+            self._drop_converted(p)
+            if p != Path(path):        # name the user's directory, not the converted copy
+                msg = str(e).replace(f"({p}) ", f"({path}) ").replace(str(p), str(path))
+                raise type(e)(msg) from e
+            raise
         except BaseException:
             self._drop_converted(p)
             raise
