@@ -288,3 +288,25 @@ def test_slot_tables_unit(gen):
     st.reset_slot(0)
     st.reset_slot(1)
     assert st.s.shape == (A, 0) and len(store) == 0 and not st.target_slots
+
+
+def test_add_adapter_reads_the_file_once(tmp_path, monkeypatch):
+    """Engine.add_adapter parses an adapter directory once (the fit check and the manager
+    share the parsed file), and the adapter serves."""
+    import frod_rt.engine.adapter_sources as sources
+    import frod_rt.method.adapter_io as io
+    model = toy_llama(vocab_size=97, hidden=32, intermediate=40, std=0.1)
+    random_adapter(model, tmp_path / "a", ["q_proj", "v_proj"], seed=1, cache_dir=tmp_path)
+    eng = Engine.load(model, cache_dir=tmp_path)
+    reads = []
+    real = io.read_adapter
+
+    def counting(path, name=None):
+        reads.append(str(path))
+        return real(path, name=name)
+    monkeypatch.setattr(io, "read_adapter", counting)
+    monkeypatch.setattr(sources, "read_adapter", counting)
+    eng.add_adapter("a", tmp_path / "a")
+    assert reads == [str(tmp_path / "a")]
+    assert eng.generate([[5, 6, 7]], adapter="a", max_tokens=2, ignore_eos=True)[0].token_ids
+    eng.close()

@@ -111,7 +111,7 @@ def test_converted_copies_are_deleted_with_their_adapter(setup):
         from frod_rt.method.adapter_io import AdapterError
         real_add = eng.pool.add
 
-        def refusing_add(name, path):
+        def refusing_add(name, path, file=None):
             raise AdapterError(f"adapter {name!r} ({path}) refused: its layers are odd ({path})")
         eng.pool.add = refusing_add
         with pytest.raises(AdapterError) as ei:

@@ -221,11 +221,12 @@ class AdapterManager:
                 continue
         raise first
 
-    def _read(self, name: str, path: Path):
-        """Read and validate ``path``; returns (file, decomposition, layer -> LayerPattern)
-        (patterns resolved here, off the scheduling path: imported ones are hashed)."""
+    def _read(self, name: str, path: Path, file=None):
+        """Read (unless ``file``, already parsed from ``path``, is given) and validate
+        ``path``; returns (file, decomposition, layer -> LayerPattern) (patterns resolved
+        here, off the scheduling path: imported ones are hashed)."""
         from ..method.adapter_io import AdapterError, read_adapter
-        f = read_adapter(path, name=name)
+        f = file if file is not None else read_adapter(path, name=name)
         self._check_heads(f)
         d = self._basis_for(f, path)       # outside the lock: may decompose (slow, cached)
         missing = [n for n in f.layers if n not in self.layers]
@@ -251,8 +252,9 @@ class AdapterManager:
 
 
 
-    def add(self, name: str, path) -> None:
-        """Register adapter ``name`` from directory ``path`` (read + validated now)."""
+    def add(self, name: str, path, file=None) -> None:
+        """Register adapter ``name`` from directory ``path`` (read + validated now; ``file``:
+        the adapter already parsed from ``path`` by the caller, not read again)."""
         from ..method.adapter_io import AdapterError
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"adapter name: expected a non-empty string without '/', got {name!r}")
@@ -264,7 +266,7 @@ class AdapterManager:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
         with self._add_lock:
             try:
-                f, d, patterns = self._read(name, p)
+                f, d, patterns = self._read(name, p, file)
             except AdapterError as e:
                 raise type(e)(f"adapter {name!r} ({p}) refused: {e}") from e
             self._register(name, p, f, d, patterns)

@@ -32,9 +32,12 @@ def is_peft_dir(path: Path) -> bool:
     return (path / PEFT_CONFIG_NAME).is_file() and not (path / CONFIG_NAME).is_file()
 
 
-def prepare_adapter_dir(name: str, path: Path, model, work_dir: Path, cache_dir=None) -> Path:
+def prepare_adapter_dir(name: str, path: Path, model, work_dir: Path,
+                        cache_dir=None) -> tuple[Path, object]:
     """The frod_rt adapter directory to register for ``path`` (``path`` itself, or a converted
-    copy under ``work_dir``). Raises AdapterError / FileNotFoundError for a bad adapter."""
+    copy under ``work_dir``) and the adapter file already parsed from it when there is one
+    (so the manager does not read it again; None otherwise). Raises AdapterError /
+    FileNotFoundError for a bad adapter."""
     path = Path(path)
     if is_peft_dir(path):
         from ..interop.peft import import_peft
@@ -43,13 +46,15 @@ def prepare_adapter_dir(name: str, path: Path, model, work_dir: Path, cache_dir=
         res = import_peft(path, model, basis="auto", name=name, cache_dir=cache_dir)
         out = Path(work_dir) / f"adapter-{uuid.uuid4().hex}"
         res.save(out)                  # with its decomposition when kept in PEFT's basis
-        return out
+        return out, None
     if not (path / CONFIG_NAME).is_file():
-        return path                           # read_adapter in the manager names the problem
+        return path, None                     # read_adapter in the manager names the problem
     from ..method.adapter_fit import fit_adapter_to_model
     adapter = read_adapter(path, name=name)
     fitted = fit_adapter_to_model(adapter, model)
-    return path if fitted is adapter else _write(fitted, work_dir, name)
+    if fitted is adapter:
+        return path, adapter
+    return _write(fitted, work_dir, name), fitted
 
 
 def _write(adapter, work_dir: Path, name: str) -> Path:

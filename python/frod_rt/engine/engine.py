@@ -234,17 +234,18 @@ class Engine:
         if name in self.pool:                 # before any conversion work
             raise ValueError(f"adapter {name!r} is already loaded; remove it first")
         p = Path(path)
+        parsed = None
         if p.is_dir():
             if self._work_dir is None:
                 import tempfile
                 self._work_dir = Path(tempfile.mkdtemp(prefix="frod_rt-adapters-"))
             try:
-                p = prepare_adapter_dir(name, p, self.hf_model, self._work_dir,
-                                        cache_dir=self.limits["cache_dir"])
+                p, parsed = prepare_adapter_dir(name, p, self.hf_model, self._work_dir,
+                                                cache_dir=self.limits["cache_dir"])
             except AdapterError as e:
                 raise type(e)(f"adapter {name!r} ({path}) refused: {e}") from e
         try:
-            self.pool.add(name, p)
+            self.pool.add(name, p, file=parsed)
         except AdapterError as e:
             self._drop_converted(p)
             if p != Path(path):        # name the user's directory, not the converted copy
