@@ -110,15 +110,18 @@ def test_opcheck_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_engine_decode_steps_use_the_kernel(monkeypatch):
+@pytest.mark.parametrize("paged", [True, False])
+def test_engine_decode_steps_use_the_kernel(monkeypatch, paged):
     """Decode rows of a CPU engine go through the paged kernel, and greedy text still equals
-    the model's own generate."""
+    the model's own generate; with ``PAGED_DECODE_ON_CPU = False`` the padded gather + SDPA
+    path of other devices (GPUs) runs instead, with the same tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from engine_helpers import hf_greedy
     from frod_rt.engine import Engine, SamplingParams
     from frod_rt.engine.models import layers
 
+    monkeypatch.setattr(layers, "PAGED_DECODE_ON_CPU", paged)
     calls = []
     real = layers.paged_decode_attention
     monkeypatch.setattr(layers, "paged_decode_attention",
@@ -134,4 +137,7 @@ def test_engine_decode_steps_use_the_kernel(monkeypatch):
                                                          ignore_eos=True))
     for p, o in zip(prompts, outs):
         assert o.token_ids == hf_greedy(hf, p, 6)
-    assert calls and max(calls) == len(prompts)
+    if paged:
+        assert calls and max(calls) == len(prompts)
+    else:
+        assert calls == []

@@ -196,6 +196,11 @@ def adapted_layers(model) -> dict[str, AdaptedLinear]:
     return found
 
 
+# False runs CPU decode rows through the padded gather + SDPA path that other devices use
+# (tests do this to cover that path without a GPU)
+PAGED_DECODE_ON_CPU = True
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, attn: AttnBatch,
               scale: float) -> torch.Tensor:
     """Multi-head attention of the flat batch.
@@ -216,12 +221,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, att
         vc.view(-1, Hkv, D).index_copy_(0, attn.slot_mapping, v)
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
     gqa = Hq != Hkv
-    on_cpu = q.device.type == "cpu"
+    paged = q.device.type == "cpu" and PAGED_DECODE_ON_CPU
     # CPU: every decode row through the paged kernel (even alone, so a row's arithmetic never
     # depends on its batch); elsewhere groups of two or more through padded SDPA
-    group = attn.decode_group(q.device, 1 if on_cpu else 2) if cache is not None else None
+    group = attn.decode_group(q.device, 1 if paged else 2) if cache is not None else None
     done = set()
-    if group is not None and on_cpu:
+    if group is not None and paged:
         # straight from the blocks: no gathered copy, no padding (frod_rt.ops.paged_attention)
         idx, rows, bt, ctx = group
         out[rows] = paged_decode_attention(q[rows], kc, vc, bt, ctx, scale)
