@@ -151,6 +151,7 @@ def test_auto_path_uses_cost_rule(monkeypatch):
     assert training_path(769, 384, 384) == "dense" and training_path(767, 384, 384) == "replace"
     assert training_path(10**6, 1536, 384) == "replace"
     assert training_path(512, 384, 1536) == "dense" and training_path(512, 1536, 384) == "replace"
+    assert training_path(438, 384, 1536) == "replace" and training_path(439, 384, 1536) == "dense"
 
 
 def _three_adapter_llama(dtype=torch.float32):

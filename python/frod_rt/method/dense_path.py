@@ -110,7 +110,7 @@ def training_path(T: int, out_features: int, in_features: int) -> str:
     (The factored delta form, ``5 T n out + 2 T n^2``, is never cheaper than replace; it
     stays for mixed batches with base rows.) Dense wins when ``2 out n^2 + 3 T n out <
     2 T n (n + out)``, i.e. ``2 out n < T (2 n - out)``: for a square layer ``T > 2n``; never
-    when ``out >= 2n``; MiniLM's 1536 -> 384 output layer at ``T > 256``.
+    when ``out >= 2n``; MiniLM's 1536 -> 384 output layer past ``T = 438``.
     """
     n, o = in_features, out_features
     return "dense" if 2 * o * n < T * (2 * n - o) else "replace"
