@@ -56,3 +56,14 @@ def test_low_precision_serving_matches_float64(dtype, tmp_path):
         err = ((got - want).abs().amax(-1) / want.abs().amax(-1)).max().item()
         assert err < TOL[dtype], (n, err)
     eng.close()
+
+
+def test_merged_weights_refuses_a_base_in_another_dtype(tmp_path):
+    """toy.merged_weights on a float64 copy of a bfloat16 base would seed other patterns from
+    the copy's fingerprints: refused with an AdapterError instead of wrong weights."""
+    from frod_rt.method.adapter_io import AdapterError
+    base = toy_llama(vocab_size=97, hidden=48, intermediate=64, std=0.1, seed=7).to(torch.bfloat16)
+    f = random_adapter(base, tmp_path / "p", ["q_proj"], seed=1, cache_dir=tmp_path)
+    with pytest.raises(AdapterError):
+        merged_weights(copy.deepcopy(base).double(), f, cache_dir=tmp_path)
+    assert merged_weights(base, f, cache_dir=tmp_path)          # the served base: fine

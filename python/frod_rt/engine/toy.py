@@ -132,7 +132,9 @@ def random_adapter(model, path, target_modules, name: str | None = None,
 
 def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
     """Dense float64 ``W' = U (diag(l + dl) + S) V^T`` per adapted layer (out, in), for
-    checking the engine against a plain model with the adapter merged in."""
+    checking the engine against a plain model with the adapter merged in. ``model`` (or
+    ``decomposition``) must be the base the adapter was trained on, in its dtype: AdapterError
+    otherwise (its fingerprints seed the patterns)."""
     from ..method.decompose import decompose
     from ..method.delta import adapted_weight
     from ..method.patterns import delta_pattern
@@ -141,6 +143,10 @@ def merged_weights(model, adapter, decomposition=None, cache_dir=None) -> dict:
                                    cache_dir=cache_dir, progress=False,
                                    category_mode=decomposition_category_mode(
                                        adapter.config.categories))
+    from ..method.adapter_io import check_against
+    # the patterns are seeded by the category fingerprints: a decomposition of another base
+    # (e.g. ``model`` cast to another dtype) would silently give other patterns
+    check_against(adapter, d)
     out = {}
     for lname, delta in adapter.layers.items():
         b = d.layers[lname]
