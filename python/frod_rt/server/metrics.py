@@ -140,6 +140,23 @@ def _family(name: str, typ: str, help_: str, value):
     return cls(f"frod_rt_{name}", help_, value=float(value))
 
 
+class ApiCounters:
+    """The counters of the API routes themselves, defined once: the single-process server's
+    registry and the Ray router's own (``ray_app.router_metrics``) use this class, so their
+    samples carry the same names, help and labels and ``aggregate.merge_metrics`` adds them
+    up. ``http_errors{status}``: error responses; ``adapter_loads`` / ``adapter_unloads``:
+    adapters loaded / unloaded through the API."""
+
+    def __init__(self, registry: CollectorRegistry):
+        p = "frod_rt_"
+        self.http_errors = Counter(p + "http_errors", "Error responses by HTTP status.",
+                                   ["status"], registry=registry)
+        self.adapter_loads = Counter(p + "adapter_loads", "Adapters loaded through the API.",
+                                     registry=registry)
+        self.adapter_unloads = Counter(p + "adapter_unloads",
+                                       "Adapters unloaded through the API.", registry=registry)
+
+
 class ServerMetrics:
     """The app's metrics registry and the hooks the routes and the engine loop call.
 
@@ -161,12 +178,9 @@ class ServerMetrics:
         self.rejected = Counter(p + "requests_rejected", "Requests refused before generation, "
                                 "by reason.", ["reason"], registry=r)
         self.rejected.labels(reason="overload")
-        self.http_errors = Counter(p + "http_errors", "Error responses by HTTP status.",
-                                   ["status"], registry=r)
-        self.adapter_loads = Counter(p + "adapter_loads", "Adapters loaded through the API.",
-                                     registry=r)
-        self.adapter_unloads = Counter(p + "adapter_unloads",
-                                       "Adapters unloaded through the API.", registry=r)
+        api = ApiCounters(r)
+        self.http_errors, self.adapter_loads = api.http_errors, api.adapter_loads
+        self.adapter_unloads = api.adapter_unloads
         lab = ["adapter"]
         self.a_requests = Counter(p + "adapter_requests", "Requests submitted, per adapter "
                                   "(the base model's name for base requests).", lab, registry=r)

@@ -131,30 +131,26 @@ _ROUTER_METRICS = None
 
 
 def router_metrics():
-    """This process's router counters (created on first use, in the router's own process:
-    prometheus_client objects do not travel with the pickled router class). The names, help
-    and labels are the replicas' (server/metrics.py), so ``merge_metrics`` adds them up:
-    ``frod_rt_http_errors_total{status}`` for what the router refuses or answers itself
-    (Guard's 400/401/403/413, unknown models, 503 for a replica gone, adapter route errors),
-    ``frod_rt_adapter_loads_total`` / ``frod_rt_adapter_unloads_total`` for the catalog."""
+    """This process's router counters, ``(registry, ApiCounters)`` (created on first use, in
+    the router's own process: prometheus_client objects do not travel with the pickled router
+    class). They are the replicas' API counters (server/metrics.py ``ApiCounters``), so
+    ``merge_metrics`` adds them up: ``frod_rt_http_errors_total{status}`` for what the router
+    refuses or answers itself (Guard's 400/401/403/413, unknown models, 503 for a replica
+    gone, adapter route errors), ``frod_rt_adapter_loads_total`` /
+    ``frod_rt_adapter_unloads_total`` for the catalog."""
     global _ROUTER_METRICS
     if _ROUTER_METRICS is None:
-        from prometheus_client import CollectorRegistry, Counter
+        from prometheus_client import CollectorRegistry
+
+        from .metrics import ApiCounters
         r = CollectorRegistry(auto_describe=True)
-        _ROUTER_METRICS = {
-            "registry": r,
-            "http_errors": Counter("frod_rt_http_errors", "Error responses by HTTP status.",
-                                   ["status"], registry=r),
-            "loads": Counter("frod_rt_adapter_loads", "Adapters loaded through the API.",
-                             registry=r),
-            "unloads": Counter("frod_rt_adapter_unloads", "Adapters unloaded through the API.",
-                               registry=r)}
+        _ROUTER_METRICS = (r, ApiCounters(r))
     return _ROUTER_METRICS
 
 
 def count_router_error(status: int) -> None:
     """Guard's ``on_error`` in the router (a module function: pickled by reference)."""
-    router_metrics()["http_errors"].labels(status=str(int(status))).inc()
+    router_metrics()[1].http_errors.labels(status=str(int(status))).inc()
 
 
 def _catalog(name: str):
@@ -433,7 +429,7 @@ def _router_class(config: ServerConfig):
                 if gen is None:                  # taken by another router meanwhile
                     raise already_loaded(name, vllm)
                 self.catalog[name] = (str(real), gen)
-                router_metrics()["loads"].inc()
+                router_metrics()[1].adapter_loads.inc()
 
         async def _unload(self, name: str, vllm: bool) -> None:
             loading_root(self.config)
@@ -442,7 +438,7 @@ def _router_class(config: ServerConfig):
                     raise not_loaded(name, vllm)
                 await self.catalog_actor.remove.remote(name)
                 del self.catalog[name]
-                router_metrics()["unloads"].inc()
+                router_metrics()[1].adapter_unloads.inc()
 
         @fapp.post("/v1/adapters")
         async def load_adapter(self, request: Request):
@@ -500,7 +496,7 @@ def _router_class(config: ServerConfig):
         async def metrics(self):
             reps = await self._reports()
             from prometheus_client import generate_latest
-            own = generate_latest(router_metrics()["registry"]).decode()
+            own = generate_latest(router_metrics()[0]).decode()
             text = merge_metrics({r: v["metrics"] for r, v in reps.items()}, extra=(own,))
             return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
                                      headers=self._headers())
