@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from ..method.categories import decomposition_category_mode
 from ..method.fingerprint import NATIVE_BASIS
 from ..method.patterns import delta_pattern
 from .errors import UnknownAdapterError
@@ -48,6 +49,14 @@ from .models.slots import PatternStore, SlotValues
 from .scheduler import AdapterUnavailable
 
 _instance_ids = itertools.count(1)
+
+
+def _file_layers(file) -> set[str]:
+    """Every layer an adapter file's categories name."""
+    names: set[str] = set()
+    for c in file.config.categories.values():
+        names.update(c["layers"])
+    return names
 
 
 class AdapterInstance:
@@ -160,10 +169,6 @@ class AdapterManager:
         layers not decomposed yet, the base is decomposed again over the union of the layer
         names (cached on disk per category, so categories already served are unchanged)."""
         import math
-
-        from ..method.adapter_io import AdapterError
-        from ..method.categories import decomposition_category_mode
-        from ..method.decompose import decompose
         d = self.decomposition
         mode = decomposition_category_mode(file.config.categories)
         if d is not None and decomposition_category_mode(d.categories) != mode:
@@ -171,28 +176,26 @@ class AdapterManager:
         if d is not None and (all(n in d.layers for n in file.layers)
                               or not math.isclose(d.alpha, file.config.alpha, rel_tol=1e-12)):
             return d                      # covered, or check_against reports the alpha clash
-        names = set(d.layers) if d is not None else set()
-        for c in file.config.categories.values():
-            names.update(c["layers"])
-        return decompose(self.model, sorted(names), alpha=file.config.alpha,
-                         cache_dir=self.cache_dir, progress=self.progress, category_mode=mode)
+        return self._decompose(file, mode, set(d.layers) if d is not None else set())
 
     def _other_mode(self, file, mode: str):
         """The decomposition of ``file``'s layers in the category mode ``mode``, which is not
         the engine's (per-role next to shared-input or the reverse): served as a basis of its
         own beside the native one, never adopted as native. One per (mode, layers, alpha),
         kept for the engine's life (decompositions are cached on disk per category too)."""
-        from ..method.decompose import decompose
-        names: set[str] = set()
-        for c in file.config.categories.values():
-            names.update(c["layers"])
-        key = (mode, tuple(sorted(names)), float(file.config.alpha))
+        key = (mode, tuple(sorted(_file_layers(file))), float(file.config.alpha))
         d = self._other_modes.get(key)
         if d is None:
-            d = self._other_modes[key] = decompose(
-                self.model, sorted(names), alpha=file.config.alpha, cache_dir=self.cache_dir,
-                progress=self.progress, category_mode=mode)
+            d = self._other_modes[key] = self._decompose(file, mode, set())
         return d
+
+    def _decompose(self, file, mode: str, layers: set[str]):
+        """The base decomposed over ``layers`` and every layer ``file``'s categories name, in
+        the category mode ``mode`` (cached on disk per category)."""
+        from ..method.decompose import decompose
+        names = sorted(layers | _file_layers(file))
+        return decompose(self.model, names, alpha=file.config.alpha, cache_dir=self.cache_dir,
+                         progress=self.progress, category_mode=mode)
 
     def _basis_for(self, file, path: Path):
         """The decomposition ``file`` fits: frod_rt's own (``_decomposition_for``), else the one
@@ -275,9 +278,10 @@ class AdapterManager:
         with self.lock:
             if name in self.entries:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
-            if d is not self.decomposition and d.basis == NATIVE_BASIS and \
-                    not any(d is o for o in self._other_modes.values()):
-                self._adopt(d)
+            if d is not self.decomposition and d.basis == NATIVE_BASIS and (
+                    self.decomposition is None or decomposition_category_mode(d.categories)
+                    == decomposition_category_mode(self.decomposition.categories)):
+                self._adopt(d)            # (a decomposition of the other mode is one more basis)
             e = AdapterInstance(name, p, f, patterns)
             e.decomposition = d
             self.entries[name] = e
