@@ -249,8 +249,7 @@ class Engine:
         except AdapterError as e:
             self._drop_converted(p)
             if p != Path(path):        # name the user's directory, not the converted copy
-                msg = str(e).replace(f"({p}) ", f"({path}) ").replace(str(p), str(path))
-                raise type(e)(msg) from e
+                raise type(e)(str(e).replace(str(p), str(path))) from e
             raise
         except BaseException:
             self._drop_converted(p)

@@ -49,8 +49,7 @@ def _paged_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor,
               ctx_lens: Tensor, scale: float) -> Tensor:
     # copies are bound to names so they outlive the C++ call (a view() keeps only the pointer)
     qc, kc, vc = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
-    bt = block_tables if block_tables.is_contiguous() else block_tables.contiguous()
-    cl = ctx_lens.contiguous()
+    bt, cl = block_tables.contiguous(), ctx_lens.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     _C.paged_decode_attention(view(qc), view(kc), view(vc), view(bt), view(cl), view(out),
                               float(scale), max(1, torch.get_num_threads()))
