@@ -35,15 +35,14 @@ void paged_decode_attention_cpu(const TensorView& q, const TensorView& k_cache,
                  Hkv, " kv heads");
   for (auto [t, name] : {std::pair{&q, "q"}, {&k_cache, "k_cache"}, {&v_cache, "v_cache"},
                          {&out, "out"}})
-    FROD_CHECK_ARG(t->shape[t->ndim - 1] <= 1 || t->stride[t->ndim - 1] == 1, name,
-                   ": the last dim must be unit-stride (strides ", t->stride[0], ", ",
-                   t->stride[1], ", ...)");
+    check_rows_contiguous(*t, name);      // (3-D / 4-D: the last dim unit-stride)
   FROD_CHECK_ARG(MB <= 1 || block_tables.stride[1] == 1,
                  "block_tables: rows must be unit-stride");
+  check_contiguous(ctx_lens, "ctx_lens");
   const int64_t* bt = block_tables.ptr<const int64_t>();
   const int64_t* cl = ctx_lens.ptr<const int64_t>();
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t L = cl[b * ctx_lens.stride[0]];
+    const int64_t L = cl[b];
     FROD_CHECK_ARG(L >= 1 && L <= MB * bs, "ctx_lens[", b, "] = ", L, " is outside [1, ",
                    MB * bs, "] (block_tables holds ", MB, " blocks of ", bs, ")");
     for (int64_t i = 0; i < (L + bs - 1) / bs; ++i) {
@@ -52,7 +51,6 @@ void paged_decode_attention_cpu(const TensorView& q, const TensorView& k_cache,
                      " is not a block of the cache (", NB, " blocks)");
     }
   }
-  FROD_CHECK_ARG(ctx_lens.stride[0] == 1 || B <= 1, "ctx_lens: must be contiguous");
   if (B == 0 || Hq == 0) return;
   cpu::PagedAttentionArgs a{q.data, q.stride[0], q.stride[1],
                             k_cache.data, k_cache.stride[0], k_cache.stride[1], k_cache.stride[2],
