@@ -117,6 +117,12 @@ class AdapterBatch:
     def any_adapted(self) -> bool:
         return bool(self.slots_present)
 
+    def subset(self, rows: torch.Tensor) -> "AdapterBatch":
+        """The adapter batch of ``rows`` (int64 indices into this batch, in the order given):
+        what the layers after the last attention see once only the logit rows go on."""
+        slots = [a for s, e, a in self.runs for _ in range(e - s)]
+        return AdapterBatch([slots[r] for r in rows.tolist()], self.device)
+
     def plan(self, targets, hot=()) -> "RowPlan":
         """Row split for a layer targeted by the adapters in slots ``targets``, of which those
         in ``hot`` have a merged weight."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import AdapterBatch, AttnBatch
-from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
+from .layers import AdaptedLinear, AdapterHead, attention, only_logit_rows, row_slots_of
 
 
 class GPT2Model:
@@ -57,10 +57,12 @@ class GPT2Model:
             q, k, v = qkv.split(H * D, dim=-1)
             o = attention(q.reshape(T, H, D), k.reshape(T, H, D), v.reshape(T, H, D), i, attn,
                           self.scales[i])
+            if i == len(self.layers) - 1:        # see LlamaModel.forward
+                x, o, ab, logit_rows = only_logit_rows(x, o, ab, logit_rows)
             x = x + L["attn_proj"](o, ab)
             h = L["ln2"](x)
             x = x + L["mlp_proj"](self.act(L["c_fc"](h, ab)), ab)
-        x = self.ln_f(x[logit_rows])
+        x = self.ln_f(x if logit_rows is None else x[logit_rows])
         logits = self.lm_head(x)
         logits = self.heads["lm_head"].apply(logits, x, row_slots_of(ab, logit_rows))
         return logits.float()

@@ -128,6 +128,17 @@ class AdaptedLinear:
         return y
 
 
+def only_logit_rows(x: torch.Tensor, o: torch.Tensor, ab: AdapterBatch | None,
+                    logit_rows: torch.Tensor | None):
+    """After the last layer's attention only the rows whose logits are wanted still matter
+    (every row's K/V is already in the cache): returns ``(x, o, ab, logit_rows)`` restricted
+    to those rows, ``logit_rows`` then None (all rows). x, o: (T, ...); logit_rows: int64."""
+    if logit_rows is None or len(logit_rows) == x.shape[0]:
+        return x, o, ab, logit_rows
+    sub = ab.subset(logit_rows) if ab is not None else None
+    return x[logit_rows], o[logit_rows], sub, None
+
+
 def row_slots_of(ab: AdapterBatch | None, rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """Slot of each row of the flat batch (-1: base), or of ``rows`` of it; None without an
     adapter batch."""

@@ -7,7 +7,7 @@ import torch
 from .batch import AdapterBatch, AttnBatch
 from .fused import fuse_linears
 from .grouped import LinearGroup
-from .layers import AdaptedLinear, AdapterHead, attention, row_slots_of
+from .layers import AdaptedLinear, AdapterHead, attention, only_logit_rows, row_slots_of
 
 _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -59,7 +59,9 @@ class LlamaModel:
         """input_ids, positions: (T,) int64. Returns float32 logits (len(logit_rows), vocab).
 
         q,k,v and gate,up run as groups (:class:`LinearGroup`): one fused GEMM for base rows,
-        one ``X V`` per distinct basis for adapted rows.
+        one ``X V`` per distinct basis for adapted rows. After the last layer's attention
+        (which still writes every row's K/V to the cache) only the logit rows go on: its
+        o_proj and MLP run over one row per sequence instead of every prompt token.
         """
         T = input_ids.shape[0]
         x = self.embed(input_ids)
@@ -73,12 +75,14 @@ class LlamaModel:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             o = attention(q, k, v, i, attn, self.scale)
+            if i == self.num_layers - 1:
+                x, o, ab, logit_rows = only_logit_rows(x, o, ab, logit_rows)
             x = x + L["o_proj"](o, ab)
             h = L["ln2"](x)
             g, u = L["gate_up"](h, ab)
             g = self.act(g) * u
             x = x + L["down_proj"](g, ab)
-        x = self.norm(x[logit_rows])
+        x = self.norm(x if logit_rows is None else x[logit_rows])
         logits = self.lm_head(x)
         logits = self.heads["lm_head"].apply(logits, x, row_slots_of(ab, logit_rows))
         return logits.float()
