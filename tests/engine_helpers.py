@@ -11,8 +11,11 @@ def random_prompts(n: int, vocab: int, gen: torch.Generator, lo: int = 2, hi: in
 
 
 def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """Exactly n greedy tokens from Hugging Face ``generate`` after ``prompt``."""
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
-                         do_sample=False, pad_token_id=0)
+    """Exactly n greedy tokens from Hugging Face ``generate`` after ``prompt``. The attention
+    mask is given (all ones): otherwise generate infers one from the pad token and masks
+    prompt tokens that happen to equal it, which the engine (rightly) never does."""
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                         min_new_tokens=n, do_sample=False, pad_token_id=0)
     return out[0, len(prompt):].tolist()
 
