@@ -162,6 +162,27 @@ def test_mixed_tiles_batch_invariant():
         assert torch.equal(alone, full[t:t + 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_tiles_of_one_and_two_row_segments_batch_invariant(dtype):
+    """Mixed tiles hold one lane per short segment (its one or two rows side by side): both
+    rows of a 2-row segment, and a 1-row segment beside 2-row ones, equal the segment
+    computed alone, bitwise; and the batch matches the float64 reference."""
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 3, (41,), generator=g).tolist()    # > 16 lanes: several tiles
+    adapters = [i % 7 for i in range(len(lengths))]
+    p = make_problem(T=sum(lengths), n=37, A=7, k=55, seg_lengths=lengths,
+                     seg_adapters=adapters, dtype=dtype, seed=9)
+    full = rotate_segments(*p.args())
+    assert rel_err(full, _ref(p)) < TOL[dtype]
+    starts = p.seg_indptr.tolist()
+    for g_ in (0, 1, 2, 17, 25, 40):
+        b, e = starts[g_], starts[g_ + 1]
+        alone = rotate_segments(p.z[b:e], torch.tensor([0, e - b], dtype=torch.int32),
+                                torch.tensor([adapters[g_]], dtype=torch.int32), p.dl, p.s,
+                                p.rows, p.cols)
+        assert torch.equal(alone, full[b:e]), g_
+
+
 def test_eager_fast_path_equals_custom_op():
     """Eager inference calls the kernel directly; it must equal the registered op bitwise."""
     p = make_problem(dtype=torch.float32)

@@ -1,12 +1,15 @@
-"""Decode-shaped rotation microbench (issue 12): per-call time of the rotation for 64 one-row
-segments, n = 1024, 32 adapters, sparse rate 1%, before and after the planned rotation.
+"""Decode-shaped rotation microbench (issues 12, 13): per-call time of the rotation for 64
+decode rows, n = 1024, 32 adapters, sparse rate 1%, this tree against another checkout's build.
 
-Scenarios (every adapter slot present in the batch, one row each, 2 rows for 32 of them):
+Scenarios (every adapter slot present in the batch; 64 one-row segments, two per slot, except
+``two_rows``):
   * ``shared``      all slots share one pattern (frod_rt's own adapters);
   * ``per_adapter`` every slot its own pattern, same k (imported adapters);
   * ``one_denser``  31 slots share a pattern of k, one slot has 2k entries. Main's engine
                     pads every slot to the largest k with a per-adapter (A, kcap) pattern,
                     which turns mixed tiles off for the whole batch ("padding cliff").
+  * ``two_rows``    as ``shared``, but 32 segments of 2 rows (one per slot): the engine's
+                    decode batch of 64 requests over 32 adapters.
 
 Contenders:
   * ``main_rotate_segments``: main's build (``--main PATH``, default /work/main), run in a
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 
 T_SEG, N, A, RATE = 64, 1024, 32, 0.01
-SCENARIOS = ("shared", "per_adapter", "one_denser")
+SCENARIOS = ("shared", "per_adapter", "one_denser", "two_rows")
 
 
 def _pattern(n: int, k: int, g: torch.Generator):
@@ -49,14 +52,16 @@ def problem(scenario: str, seed: int = 0) -> dict:
     (the old API's arguments) and per-slot (rows, cols, k) for the planned API."""
     g = torch.Generator().manual_seed(seed)
     k = round(N * N * RATE)
-    lengths = [1] * T_SEG
-    adapters = [i % A for i in range(T_SEG)]
+    if scenario == "two_rows":
+        lengths, adapters = [2] * (T_SEG // 2), list(range(T_SEG // 2))
+    else:
+        lengths, adapters = [1] * T_SEG, [i % A for i in range(T_SEG)]
     indptr = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
     seg = torch.tensor(adapters, dtype=torch.int32)
     z = torch.randn(T_SEG, N, generator=g)
     dl = torch.randn(A, N, generator=g) * 0.01
     shared = _pattern(N, k, g)
-    if scenario == "shared":
+    if scenario in ("shared", "two_rows"):
         slots = [shared] * A
     elif scenario == "per_adapter":
         slots = [_pattern(N, k, g) for _ in range(A)]
@@ -66,7 +71,7 @@ def problem(scenario: str, seed: int = 0) -> dict:
     s = torch.zeros(A, kcap)
     for a, (r, _) in enumerate(slots):
         s[a, : r.shape[0]] = torch.randn(r.shape[0], generator=g) * 0.01
-    if scenario == "shared":
+    if scenario in ("shared", "two_rows"):
         rows, cols = shared
     else:  # (A, kcap): pad short slots with extra distinct entries whose s is 0
         rows = torch.empty(A, kcap, dtype=torch.int32)
@@ -171,7 +176,7 @@ def main(argv=None) -> int:
     from bench.machine import machine_info
     from bench.results import Results
     res = Results("decode_rotation", "cpu", False, machine_info("cpu"),
-                  {"segments": T_SEG, "rows_per_segment": 1, "n": N, "adapters": A,
+                  {"rows": T_SEG, "rows_per_segment": "1 (two_rows: 2)", "n": N, "adapters": A,
                    "sparse_rate": RATE, "dtype": "float32", "threads": a.threads,
                    "rounds": a.rounds, "repeats_per_round": a.repeats,
                    "main_checkout": str(a.main)})

@@ -44,7 +44,7 @@ template <typename In> struct Args {
 
 /// Grow-only per-thread scratch, reused across calls.
 template <typename Acc> Acc* scratch(size_t slot, size_t count) {
-  thread_local std::vector<Acc> bufs[4];
+  thread_local std::vector<Acc> bufs[6];
   std::vector<Acc>& b = bufs[slot];
   if (b.size() < count) b.resize(count);
   return b.data();
@@ -231,22 +231,76 @@ void forward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
   scatter_lanes<W>(ht, t.rows, orows, a.n);
 }
 
-/// A mixed tile: lane b is row lane_row[b] with adapter lane_adapter[b] (shared pattern).
-/// Per-lane values dl[a_b, r] and s[a_b, e] are transposed into W-wide vectors block by
-/// block (64 output rows at a time, so the s buffer stays in L2).
-template <int W, typename In>
-void forward_mixed_tile(const Args<In>& a, const RotatePlan& plan, const Tile& t,
-                        const CsrView& csr, typename Args<In>::Acc* zt,
-                        typename Args<In>::Acc* ht) {
-  using Acc = typename Args<In>::Acc;
+/// The rows of a mixed tile's FMA loop: Ht (and Ht2, the lanes' second rows, when kTwo)
+/// = dl * Zt + S Zt over the pattern rows [r0, r1), the lanes' s values transposed in st
+/// (entries from e_lo). dlt may alias ht: dlt[r] is read before ht[r] is written.
+template <int W, typename Acc, bool kTwo>
+__attribute__((always_inline)) inline void mixed_rows(const CsrView& csr, int64_t r0, int64_t r1, int32_t e_lo, const Acc* st,
+                const Acc* dlt, const Acc* zt, const Acc* zt2, Acc* ht, Acc* ht2) {
   using Ln = Lanes<Acc, W>;
   using V = typename Ln::V;
+  for (int64_t r = r0; r < r1; ++r) {
+    const V* dv = Ln::at(dlt + r * W);
+    V acc[Ln::NV], acc2[Ln::NV];
+    {
+      const V* zr = Ln::at(zt + r * W);
+      for (int i = 0; i < Ln::NV; ++i) acc[i] = dv[i] * zr[i];
+      if constexpr (kTwo) {
+        const V* zr2 = Ln::at(zt2 + r * W);
+        for (int i = 0; i < Ln::NV; ++i) acc2[i] = dv[i] * zr2[i];
+      }
+    }
+    for (int32_t e = csr.row_ptr[r], e1 = csr.row_ptr[r + 1]; e < e1; ++e) {
+      const V* sv = Ln::at(st + static_cast<int64_t>(e - e_lo) * W);
+      const int64_t c = static_cast<int64_t>(csr.cols[e]) * W;
+      const V* zc = Ln::at(zt + c);
+      for (int i = 0; i < Ln::NV; ++i) acc[i] += sv[i] * zc[i];
+      if constexpr (kTwo) {
+        const V* zc2 = Ln::at(zt2 + c);
+        for (int i = 0; i < Ln::NV; ++i) acc2[i] += sv[i] * zc2[i];
+      }
+    }
+    V* hr = Ln::at(ht + r * W);
+    for (int i = 0; i < Ln::NV; ++i) hr[i] = acc[i];
+    if constexpr (kTwo) {
+      V* hr2 = Ln::at(ht2 + r * W);
+      for (int i = 0; i < Ln::NV; ++i) hr2[i] = acc2[i];
+    }
+  }
+}
+
+/// Scratch buffers of one mixed tile (n x kMaxTileRows each; W <= kMaxMixedLanes used).
+template <typename Acc> struct MixedBuffers {
+  Acc* zt;   ///< lanes' first rows, transposed
+  Acc* ht;   ///< their outputs (doubles as the per-lane dl table)
+  Acc* zt2;  ///< lanes' second rows (0 where a lane has one row)
+  Acc* ht2;  ///< their outputs
+};
+
+/// A mixed tile: lane b is one short segment of slot lane_adapter[b], rows lane_row[b] and
+/// lane_row2[b] (-1: none), all lanes' slots on one pattern. Per-lane values dl[a_b, r] and
+/// s[a_b, e] are transposed into W-wide vectors once per tile, block by block (64 output
+/// rows at a time, so the s buffer stays in L1), and each serves both rows of its lane: a
+/// row's arithmetic is that of the uniform kernel (dl * z, then the row's entries in CSR
+/// order), so its result does not depend on its batch mates.
+template <int W, typename In>
+void forward_mixed_tile(const Args<In>& a, const RotatePlan& plan, const Tile& t,
+                        const CsrView& csr, const MixedBuffers<typename Args<In>::Acc>& buf) {
+  using Acc = typename Args<In>::Acc;
   const int64_t n = a.n;
   const int64_t* lrow = plan.lane_row.data() + t.lane0;
+  const int64_t* lrow2 = plan.lane_row2.data() + t.lane0;
   const int32_t* lad = plan.lane_adapter.data() + t.lane0;
+  const bool two = t.depth > 1;
   const In* rows_in[W];
   for (int b = 0; b < t.rows; ++b) rows_in[b] = a.z + lrow[b] * a.ldz;
-  load_rows<W>(rows_in, t.rows, n, zt);
+  load_rows<W>(rows_in, t.rows, n, buf.zt);
+  if (two) {
+    // a lane without a second row repeats its first (finite, and that lane's second
+    // result is thrown away)
+    for (int b = 0; b < t.rows; ++b) rows_in[b] = a.z + (lrow2[b] >= 0 ? lrow2[b] : lrow[b]) * a.ldz;
+    load_rows<W>(rows_in, t.rows, n, buf.zt2);
+  }
   const In* srow[W];
   const In* dlrow[W];
   for (int b = 0; b < W; ++b) {  // padding lanes reuse lane 0's tables (their z is 0)
@@ -254,32 +308,28 @@ void forward_mixed_tile(const Args<In>& a, const RotatePlan& plan, const Tile& t
     srow[b] = a.s + ad * a.k;
     dlrow[b] = a.dl + ad * n;
   }
-  // ht doubles as the per-lane dl table: dlt[r] is read just before ht[r] is written.
-  Acc* dlt = ht;
+  Acc* dlt = buf.ht;
   load_rows<W>(dlrow, W, n, dlt);
   constexpr int64_t kRowBlock = 64;
   for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
     const int64_t r1 = std::min(n, r0 + kRowBlock);
     const int32_t e_lo = csr.row_ptr[r0], e_hi = csr.row_ptr[r1];
-    Acc* st = scratch<Acc>(2, static_cast<size_t>(e_hi - e_lo + 1) * W);
+    Acc* st = scratch<Acc>(4, static_cast<size_t>(e_hi - e_lo + 1) * W);
     gather_lanes<W>(srow, W, e_lo, e_hi, csr.order, st);
-    for (int64_t r = r0; r < r1; ++r) {
-      const V* dv = Ln::at(dlt + r * W);
-      const V* zr = Ln::at(zt + r * W);
-      V acc[Ln::NV];
-      for (int i = 0; i < Ln::NV; ++i) acc[i] = dv[i] * zr[i];
-      for (int32_t e = csr.row_ptr[r], e1 = csr.row_ptr[r + 1]; e < e1; ++e) {
-        const V* sv = Ln::at(st + static_cast<int64_t>(e - e_lo) * W);
-        const V* zc = Ln::at(zt + static_cast<int64_t>(csr.cols[e]) * W);
-        for (int i = 0; i < Ln::NV; ++i) acc[i] += sv[i] * zc[i];
-      }
-      V* hr = Ln::at(ht + r * W);
-      for (int i = 0; i < Ln::NV; ++i) hr[i] = acc[i];
-    }
+    if (two)
+      mixed_rows<W, Acc, true>(csr, r0, r1, e_lo, st, dlt, buf.zt, buf.zt2, buf.ht, buf.ht2);
+    else
+      mixed_rows<W, Acc, false>(csr, r0, r1, e_lo, st, dlt, buf.zt, nullptr, buf.ht, nullptr);
   }
   In* rows_out[W];
   for (int b = 0; b < t.rows; ++b) rows_out[b] = a.out + lrow[b] * a.ldout;
-  scatter_lanes<W>(ht, t.rows, rows_out, n);
+  scatter_lanes<W>(buf.ht, t.rows, rows_out, n);
+  if (two) {
+    // lanes with one row write their second-row result into a throw-away row
+    In* spare = reinterpret_cast<In*>(scratch<Acc>(5, static_cast<size_t>(n)));
+    for (int b = 0; b < t.rows; ++b) rows_out[b] = lrow2[b] >= 0 ? a.out + lrow2[b] * a.ldout : spare;
+    scatter_lanes<W>(buf.ht2, t.rows, rows_out, n);
+  }
 }
 
 /// One tile of the backward: writes dZ rows (if a.out) and adds into acc_dl / acc_s (if set).
@@ -369,11 +419,13 @@ void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t i = 0; i < ntiles; ++i) {
     const Tile& t = plan.tiles[i];
-    Acc* zt = scratch<Acc>(0, static_cast<size_t>(a.n) * kMaxTileRows);
-    Acc* ht = scratch<Acc>(1, static_cast<size_t>(a.n) * kMaxTileRows);
+    const size_t tile_elems = static_cast<size_t>(a.n) * kMaxTileRows;
+    Acc* zt = scratch<Acc>(0, tile_elems);
+    Acc* ht = scratch<Acc>(1, tile_elems);
     const CsrView csr = plan.pattern(p, t.plan);
     if (t.adapter == kMixedTile) {
-      FROD_DISPATCH_WIDTH(t.width, (forward_mixed_tile<W, In>(a, plan, t, csr, zt, ht)));
+      const MixedBuffers<Acc> buf{zt, ht, scratch<Acc>(2, tile_elems), scratch<Acc>(3, tile_elems)};
+      FROD_DISPATCH_WIDTH(t.width, (forward_mixed_tile<W, In>(a, plan, t, csr, buf)));
     } else {
       FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt, ht)));
     }

@@ -53,6 +53,7 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
   validate_segments_cpu(s, p.T, p.A);
   tiles.clear();
   lane_row.clear();
+  lane_row2.clear();
   lane_adapter.clear();
   base_rows.clear();
   present.clear();
@@ -62,23 +63,32 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
   std::fill(seen_.begin(), seen_.begin() + p.A, 0);
   if (static_cast<int64_t>(pend_row_.size()) < p.plans.num_plans + 1) {
     pend_row_.resize(p.plans.num_plans + 1);
+    pend_len_.resize(p.plans.num_plans + 1);
     pend_adapter_.resize(p.plans.num_plans + 1);
   }
   pend_touched_.clear();
 
-  // Moves `count` pending lanes of plan slot q into one mixed tile (or a uniform one-row tile).
+  // Moves `count` pending short segments of plan slot q into one mixed tile (a lone one
+  // into a uniform tile: the uniform kernel is cheaper for it).
   auto emit = [&](int32_t q, int64_t count) {
     std::vector<int64_t>& rows = pend_row_[q];
+    std::vector<int32_t>& lens = pend_len_[q];
     std::vector<int32_t>& ads = pend_adapter_[q];
-    if (count == 1) {  // a lone row: the uniform scalar kernel is cheaper
-      tiles.push_back(Tile{rows[0], 1, 1, ads[0], 0, q - 1});
+    if (count == 1) {
+      tiles.push_back(Tile{rows[0], lens[0], width_for(lens[0]), ads[0], 0, q - 1});
     } else {
+      int32_t depth = 1;
+      for (int64_t i = 0; i < count; ++i) {
+        lane_row.push_back(rows[i]);
+        lane_row2.push_back(lens[i] > 1 ? rows[i] + 1 : -1);
+        depth = std::max(depth, lens[i]);
+      }
       tiles.push_back(Tile{0, static_cast<int32_t>(count), width_for(count), kMixedTile,
-                           static_cast<int32_t>(lane_row.size()), q - 1});
-      lane_row.insert(lane_row.end(), rows.begin(), rows.begin() + count);
+                           static_cast<int32_t>(lane_adapter.size()), q - 1, depth});
       lane_adapter.insert(lane_adapter.end(), ads.begin(), ads.begin() + count);
     }
     rows.erase(rows.begin(), rows.begin() + count);
+    lens.erase(lens.begin(), lens.begin() + count);
     ads.erase(ads.begin(), ads.begin() + count);
   };
 
@@ -101,11 +111,10 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
     if (allow_mixed && e - b <= kMixedMaxSegmentRows) {
       const int32_t q = plan + 1;
       if (pend_row_[q].empty()) pend_touched_.push_back(q);
-      for (int64_t t = b; t < e; ++t) {
-        pend_row_[q].push_back(t);
-        pend_adapter_[q].push_back(a);
-      }
-      if (static_cast<int64_t>(pend_row_[q].size()) >= kMaxTileRows) emit(q, kMaxTileRows);
+      pend_row_[q].push_back(b);
+      pend_len_[q].push_back(static_cast<int32_t>(e - b));
+      pend_adapter_[q].push_back(a);
+      if (static_cast<int64_t>(pend_row_[q].size()) >= kMaxMixedLanes) emit(q, kMaxMixedLanes);
       continue;
     }
     // Split into tiles of at most kMaxTileRows rows, as even as possible.
@@ -118,7 +127,7 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
   }
   for (int32_t q : pend_touched_) {
     while (!pend_row_[q].empty())
-      emit(q, std::min<int64_t>(kMaxTileRows, static_cast<int64_t>(pend_row_[q].size())));
+      emit(q, std::min<int64_t>(kMaxMixedLanes, static_cast<int64_t>(pend_row_[q].size())));
   }
   std::sort(present.begin(), present.end());
 }

@@ -20,24 +20,33 @@ constexpr int kMaxTileRows = 32;
 
 /// Segments of at most this many rows are packed together into mixed tiles (forward only):
 /// a decode batch where every row has its own adapter then still runs W-wide vector code
-/// instead of one scalar row at a time. Lanes of one mixed tile share a plan; slots with
-/// different plans fill different mixed tiles.
+/// instead of one scalar row at a time. A mixed tile's lanes are segments (one lane per
+/// segment, its one or two rows handled side by side), so each adapter's sparse values are
+/// transposed into lanes once per tile, not once per row. Lanes of one mixed tile share a
+/// plan; slots with different plans fill different mixed tiles.
 constexpr int kMixedMaxSegmentRows = 2;
+
+/// Most lanes (segments) in one mixed tile: 16 keeps the transposed values of a 64-row
+/// block of the pattern in L1 and leaves a 64-row decode batch of 2-row segments two tiles
+/// to share between threads.
+constexpr int kMaxMixedLanes = 16;
 
 /// Marks a mixed tile in Tile::adapter.
 constexpr int32_t kMixedTile = -2;
 
 /// A block of rows processed together.
 ///  - uniform tile: consecutive rows [t0, t0 + rows) of one segment, adapter >= 0;
-///  - mixed tile (adapter == kMixedTile): rows lane_row[lane0 + b] with adapters
-///    lane_adapter[lane0 + b], b < rows, from several short segments whose slots share `plan`.
+///  - mixed tile (adapter == kMixedTile): `rows` lanes, lane b the short segment of rows
+///    lane_row[lane0 + b] and (if >= 0) lane_row2[lane0 + b] with adapter
+///    lane_adapter[lane0 + b]; the lanes' slots share `plan`.
 struct Tile {
   int64_t t0;       ///< first row (uniform tiles)
-  int32_t rows;     ///< rows in the tile, 1..kMaxTileRows
-  int32_t width;    ///< rows rounded up to a power of two (kernel instantiation)
+  int32_t rows;     ///< rows in the tile, 1..kMaxTileRows (mixed tiles: lanes)
+  int32_t width;    ///< rows (lanes) rounded up to a power of two (kernel instantiation)
   int32_t adapter;  ///< adapter index, or kMixedTile
   int32_t lane0;    ///< mixed tiles: offset into RotatePlan::lane_row / lane_adapter
   int32_t plan;     ///< plan index of the tile's slots, -1 = none (S = 0)
+  int32_t depth = 1;  ///< mixed tiles: 2 when some lane has a second row
 };
 
 /// The pattern of one plan in CSR order: entries of matrix row r are
@@ -52,7 +61,8 @@ struct CsrView {
 /// Everything a kernel needs besides the data pointers.
 struct RotatePlan {
   std::vector<Tile> tiles;              ///< tiles of adapted rows
-  std::vector<int64_t> lane_row;        ///< rows of the mixed tiles' lanes
+  std::vector<int64_t> lane_row;        ///< first row of each mixed-tile lane
+  std::vector<int64_t> lane_row2;       ///< its second row, or -1
   std::vector<int32_t> lane_adapter;    ///< adapters of the mixed tiles' lanes
   std::vector<int64_t> base_rows;       ///< [begin, end) pairs of rows with no adapter
   std::vector<int32_t> present;         ///< adapters present, ascending
@@ -67,7 +77,8 @@ struct RotatePlan {
  private:
   std::vector<int32_t> empty_row_ptr_;            ///< n+1 zeros
   std::vector<int32_t> seen_;                     ///< per adapter: present mark
-  std::vector<std::vector<int64_t>> pend_row_;    ///< per plan + 1: short-segment lanes pending
+  std::vector<std::vector<int64_t>> pend_row_;    ///< per plan + 1: short segments pending
+  std::vector<std::vector<int32_t>> pend_len_;    ///<   (first row, rows, adapter)
   std::vector<std::vector<int32_t>> pend_adapter_;
   std::vector<int32_t> pend_touched_;             ///< plan + 1 indices with pending lanes
 };
