@@ -254,10 +254,12 @@ def rotate_slots(z: Tensor, seg_indptr: Tensor, seg_adapter: Tensor, dl: Tensor,
 
 
 def _plain_eager_inference(*tensors: Tensor) -> bool:
-    """True when no autograd graph is needed and nothing traces the call (torch.compile,
-    fake or subclassed tensors): then the custom op would only forward to the kernel."""
+    """True when no autograd graph is needed and nothing traces or records the call
+    (torch.compile, fake or subclassed tensors, a running torch.profiler): then the custom op
+    would only forward to the kernel. Under the profiler the op runs, so the rotation shows up
+    as ``frod_rt::rotate_planned`` / ``frod_rt::rotate_segments`` instead of vanishing."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.autograd._profiler_enabled():
         return False
     return all(type(t) is torch.Tensor for t in tensors)
