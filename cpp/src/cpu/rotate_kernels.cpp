@@ -235,8 +235,10 @@ void forward_tile(const Args<In>& a, const Tile& t, const CsrView& csr,
 /// = dl * Zt + S Zt over the pattern rows [r0, r1), the lanes' s values transposed in st
 /// (entries from e_lo). dlt may alias ht: dlt[r] is read before ht[r] is written.
 template <int W, typename Acc, bool kTwo>
-__attribute__((always_inline)) inline void mixed_rows(const CsrView& csr, int64_t r0, int64_t r1, int32_t e_lo, const Acc* st,
-                const Acc* dlt, const Acc* zt, const Acc* zt2, Acc* ht, Acc* ht2) {
+__attribute__((always_inline)) inline void mixed_rows(const CsrView& csr, int64_t r0, int64_t r1,
+                                                      int32_t e_lo, const Acc* st, const Acc* dlt,
+                                                      const Acc* zt, const Acc* zt2, Acc* ht,
+                                                      Acc* ht2) {
   using Ln = Lanes<Acc, W>;
   using V = typename Ln::V;
   for (int64_t r = r0; r < r1; ++r) {
@@ -273,7 +275,7 @@ __attribute__((always_inline)) inline void mixed_rows(const CsrView& csr, int64_
 template <typename Acc> struct MixedBuffers {
   Acc* zt;   ///< lanes' first rows, transposed
   Acc* ht;   ///< their outputs (doubles as the per-lane dl table)
-  Acc* zt2;  ///< lanes' second rows (0 where a lane has one row)
+  Acc* zt2;  ///< lanes' second rows (a one-row lane repeats its first; result dropped)
   Acc* ht2;  ///< their outputs
 };
 
@@ -298,7 +300,8 @@ void forward_mixed_tile(const Args<In>& a, const RotatePlan& plan, const Tile& t
   if (two) {
     // a lane without a second row repeats its first (finite, and that lane's second
     // result is thrown away)
-    for (int b = 0; b < t.rows; ++b) rows_in[b] = a.z + (lrow2[b] >= 0 ? lrow2[b] : lrow[b]) * a.ldz;
+    for (int b = 0; b < t.rows; ++b)
+      rows_in[b] = a.z + (lrow2[b] >= 0 ? lrow2[b] : lrow[b]) * a.ldz;
     load_rows<W>(rows_in, t.rows, n, buf.zt2);
   }
   const In* srow[W];
@@ -327,7 +330,8 @@ void forward_mixed_tile(const Args<In>& a, const RotatePlan& plan, const Tile& t
   if (two) {
     // lanes with one row write their second-row result into a throw-away row
     In* spare = reinterpret_cast<In*>(scratch<Acc>(5, static_cast<size_t>(n)));
-    for (int b = 0; b < t.rows; ++b) rows_out[b] = lrow2[b] >= 0 ? a.out + lrow2[b] * a.ldout : spare;
+    for (int b = 0; b < t.rows; ++b)
+      rows_out[b] = lrow2[b] >= 0 ? a.out + lrow2[b] * a.ldout : spare;
     scatter_lanes<W>(buf.ht2, t.rows, rows_out, n);
   }
 }
@@ -424,7 +428,8 @@ void forward_impl(const RotateProblem& p, const RotatePlan& plan, const Args<In>
     Acc* ht = scratch<Acc>(1, tile_elems);
     const CsrView csr = plan.pattern(p, t.plan);
     if (t.adapter == kMixedTile) {
-      const MixedBuffers<Acc> buf{zt, ht, scratch<Acc>(2, tile_elems), scratch<Acc>(3, tile_elems)};
+      const MixedBuffers<Acc> buf{zt, ht, scratch<Acc>(2, tile_elems),
+                                  scratch<Acc>(3, tile_elems)};
       FROD_DISPATCH_WIDTH(t.width, (forward_mixed_tile<W, In>(a, plan, t, csr, buf)));
     } else {
       FROD_DISPATCH_WIDTH(t.width, (forward_tile<W, In>(a, t, csr, zt, ht)));
