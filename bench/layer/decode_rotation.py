@@ -61,7 +61,8 @@ def problem(scenario: str, seed: int = 0) -> dict:
     z = torch.randn(T_SEG, N, generator=g)
     dl = torch.randn(A, N, generator=g) * 0.01
     shared = _pattern(N, k, g)
-    if scenario in ("shared", "two_rows"):
+    one_pattern = scenario in ("shared", "two_rows")
+    if one_pattern:
         slots = [shared] * A
     elif scenario == "per_adapter":
         slots = [_pattern(N, k, g) for _ in range(A)]
@@ -71,7 +72,7 @@ def problem(scenario: str, seed: int = 0) -> dict:
     s = torch.zeros(A, kcap)
     for a, (r, _) in enumerate(slots):
         s[a, : r.shape[0]] = torch.randn(r.shape[0], generator=g) * 0.01
-    if scenario in ("shared", "two_rows"):
+    if one_pattern:
         rows, cols = shared
     else:  # (A, kcap): pad short slots with extra distinct entries whose s is 0
         rows = torch.empty(A, kcap, dtype=torch.int32)

@@ -61,35 +61,29 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
   if (static_cast<int64_t>(empty_row_ptr_.size()) != p.n + 1) empty_row_ptr_.assign(p.n + 1, 0);
   if (static_cast<int64_t>(seen_.size()) < p.A) seen_.resize(p.A);
   std::fill(seen_.begin(), seen_.begin() + p.A, 0);
-  if (static_cast<int64_t>(pend_row_.size()) < p.plans.num_plans + 1) {
-    pend_row_.resize(p.plans.num_plans + 1);
-    pend_len_.resize(p.plans.num_plans + 1);
-    pend_adapter_.resize(p.plans.num_plans + 1);
-  }
+  if (static_cast<int64_t>(pending_.size()) < p.plans.num_plans + 1)
+    pending_.resize(p.plans.num_plans + 1);
   pend_touched_.clear();
 
   // Moves `count` pending short segments of plan slot q into one mixed tile (a lone one
   // into a uniform tile: the uniform kernel is cheaper for it).
   auto emit = [&](int32_t q, int64_t count) {
-    std::vector<int64_t>& rows = pend_row_[q];
-    std::vector<int32_t>& lens = pend_len_[q];
-    std::vector<int32_t>& ads = pend_adapter_[q];
+    std::vector<ShortSegment>& segs = pending_[q];
     if (count == 1) {
-      tiles.push_back(Tile{rows[0], lens[0], width_for(lens[0]), ads[0], 0, q - 1});
+      const ShortSegment& g = segs[0];
+      tiles.push_back(Tile{g.row, g.rows, width_for(g.rows), g.adapter, 0, q - 1});
     } else {
-      int32_t depth = 1;
-      for (int64_t i = 0; i < count; ++i) {
-        lane_row.push_back(rows[i]);
-        lane_row2.push_back(lens[i] > 1 ? rows[i] + 1 : -1);
-        depth = std::max(depth, lens[i]);
-      }
       tiles.push_back(Tile{0, static_cast<int32_t>(count), width_for(count), kMixedTile,
-                           static_cast<int32_t>(lane_adapter.size()), q - 1, depth});
-      lane_adapter.insert(lane_adapter.end(), ads.begin(), ads.begin() + count);
+                           static_cast<int32_t>(lane_adapter.size()), q - 1, 1});
+      for (int64_t i = 0; i < count; ++i) {
+        const ShortSegment& g = segs[i];
+        lane_row.push_back(g.row);
+        lane_row2.push_back(g.rows > 1 ? g.row + 1 : -1);
+        lane_adapter.push_back(g.adapter);
+        tiles.back().depth = std::max(tiles.back().depth, g.rows);
+      }
     }
-    rows.erase(rows.begin(), rows.begin() + count);
-    lens.erase(lens.begin(), lens.begin() + count);
-    ads.erase(ads.begin(), ads.begin() + count);
+    segs.erase(segs.begin(), segs.begin() + count);
   };
 
   for (int64_t g = 0; g < s.num_segments; ++g) {
@@ -110,11 +104,9 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
     adapted_rows += e - b;
     if (allow_mixed && e - b <= kMixedMaxSegmentRows) {
       const int32_t q = plan + 1;
-      if (pend_row_[q].empty()) pend_touched_.push_back(q);
-      pend_row_[q].push_back(b);
-      pend_len_[q].push_back(static_cast<int32_t>(e - b));
-      pend_adapter_[q].push_back(a);
-      if (static_cast<int64_t>(pend_row_[q].size()) >= kMaxMixedLanes) emit(q, kMaxMixedLanes);
+      if (pending_[q].empty()) pend_touched_.push_back(q);
+      pending_[q].push_back(ShortSegment{b, static_cast<int32_t>(e - b), a});
+      if (static_cast<int64_t>(pending_[q].size()) >= kMaxMixedLanes) emit(q, kMaxMixedLanes);
       continue;
     }
     // Split into tiles of at most kMaxTileRows rows, as even as possible.
@@ -126,8 +118,8 @@ void RotatePlan::build(const RotateProblem& p, bool allow_mixed) {
     }
   }
   for (int32_t q : pend_touched_) {
-    while (!pend_row_[q].empty())
-      emit(q, std::min<int64_t>(kMaxMixedLanes, static_cast<int64_t>(pend_row_[q].size())));
+    while (!pending_[q].empty())
+      emit(q, std::min<int64_t>(kMaxMixedLanes, static_cast<int64_t>(pending_[q].size())));
   }
   std::sort(present.begin(), present.end());
 }

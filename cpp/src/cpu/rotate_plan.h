@@ -44,7 +44,7 @@ struct Tile {
   int32_t rows;     ///< rows in the tile, 1..kMaxTileRows (mixed tiles: lanes)
   int32_t width;    ///< rows (lanes) rounded up to a power of two (kernel instantiation)
   int32_t adapter;  ///< adapter index, or kMixedTile
-  int32_t lane0;    ///< mixed tiles: offset into RotatePlan::lane_row / lane_adapter
+  int32_t lane0;    ///< mixed tiles: offset into RotatePlan::lane_row / lane_row2 / lane_adapter
   int32_t plan;     ///< plan index of the tile's slots, -1 = none (S = 0)
   int32_t depth = 1;  ///< mixed tiles: 2 when some lane has a second row
 };
@@ -77,10 +77,13 @@ struct RotatePlan {
  private:
   std::vector<int32_t> empty_row_ptr_;            ///< n+1 zeros
   std::vector<int32_t> seen_;                     ///< per adapter: present mark
-  std::vector<std::vector<int64_t>> pend_row_;    ///< per plan + 1: short segments pending
-  std::vector<std::vector<int32_t>> pend_len_;    ///<   (first row, rows, adapter)
-  std::vector<std::vector<int32_t>> pend_adapter_;
-  std::vector<int32_t> pend_touched_;             ///< plan + 1 indices with pending lanes
+  struct ShortSegment {
+    int64_t row;      ///< first row
+    int32_t rows;     ///< 1..kMixedMaxSegmentRows
+    int32_t adapter;
+  };
+  std::vector<std::vector<ShortSegment>> pending_;  ///< per plan + 1: short segments pending
+  std::vector<int32_t> pend_touched_;               ///< plan + 1 indices with pending lanes
 };
 
 /// Threads worth using for `work` multiply-adds split into `items` independent items.
